@@ -1,0 +1,1 @@
+"""Online agents (SB3) and the wrappers that feed them labelled rewards."""

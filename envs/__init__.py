@@ -1,0 +1,1 @@
+"""Gymnasium environments rendered for VLM rewards."""
