@@ -1,6 +1,16 @@
 """Reward labelers: turn rendered frames into rewards or preferences."""
 
 from vlmrl.reward_labelers.base import FrameRewardLabeler
+from vlmrl.reward_labelers.clip import ClipRewardLabeler
 from vlmrl.reward_labelers.oracle import OracleRewardLabeler
+from vlmrl.reward_labelers.openai_preference import OpenAIPreferenceLabeler
+from vlmrl.reward_labelers.preference import PreferenceLabeler, PreferenceStats
 
-__all__ = ["FrameRewardLabeler", "OracleRewardLabeler"]
+__all__ = [
+    "ClipRewardLabeler",
+    "FrameRewardLabeler",
+    "OracleRewardLabeler",
+    "OpenAIPreferenceLabeler",
+    "PreferenceLabeler",
+    "PreferenceStats",
+]

@@ -1,0 +1,437 @@
+"""Preference labels from a local transformers vision-language model (RL-VLM-F, methods.md section 2).
+
+Any checkpoint that ``AutoProcessor`` + ``AutoModelForImageTextToText`` load and whose chat
+template accepts several images in one message works: Qwen2-VL / Qwen2.5-VL, Idefics3 / SmolVLM,
+LLaVA-style models. ``model`` is a hub id (read from the Hugging Face cache; downloaded first when
+online) or a local folder written by ``save_pretrained`` / ``snapshot_download``.
+``HF_HUB_OFFLINE=1`` and ``HF_HOME`` / ``HF_HUB_CACHE`` are honoured as transformers honours them.
+
+Query, as in RL-VLM-F: an analysis turn whose message holds both frames as two images, then a
+text-only labelling turn that quotes the analysis and asks for ``0`` / ``1`` / ``-1``; or, in
+single-stage mode, the direct question. Decoding is greedy, so a rerun gives the same answers.
+
+Batching: ``PreferenceLabeler.compare`` asks for one pair at a time from ``batch_size`` worker
+threads; ``_PairBatcher`` gathers those concurrent requests into one left-padded ``generate``
+call, so a batch of pairs costs one forward pass per generated token, not one per pair.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlmrl.errors import MissingWeightsError, UserError
+from vlmrl.label_store import ANSWERED, UNPARSEABLE, UNSURE, LabelStore
+from vlmrl.reward_labelers.preference import DEFAULT_IDENTICAL_THRESHOLD, PairOutcome, PreferenceLabeler
+from vlmrl.reward_labelers.prompts import (
+    ANALYSIS_PROMPT,
+    LABELLING_PROMPT,
+    SINGLE_STAGE_PROMPT,
+    AnswerKind,
+    parse_answer,
+)
+
+logger = logging.getLogger(__name__)
+
+_STATUS_OF_KIND = {
+    AnswerKind.FIRST: ANSWERED,
+    AnswerKind.SECOND: ANSWERED,
+    AnswerKind.UNSURE: UNSURE,
+    AnswerKind.UNPARSEABLE: UNPARSEABLE,
+}
+
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def vision_message(template: str, goal: str) -> list[dict[str, Any]]:
+    """One user message for a prompt with ``{image1}``/``{image2}`` placeholders.
+
+    Content parts in prompt order: text, ``{"type": "image"}``, text, ``{"type": "image"}``,
+    text. The processor fills the image slots with the frames, first frame first. ``{goal}`` is
+    substituted by plain replacement, so braces inside a goal are harmless.
+    """
+    text = template.replace("{goal}", goal)
+    if text.count("{image1}") != 1 or text.count("{image2}") != 1:
+        raise ValueError("a vision prompt must contain {image1} and {image2} exactly once each")
+    before, rest = text.split("{image1}")
+    middle, after = rest.split("{image2}")
+    parts: list[dict[str, Any]] = []
+    for piece in (before, middle):
+        if piece.strip():
+            parts.append({"type": "text", "text": piece})
+        parts.append({"type": "image"})
+    if after.strip():
+        parts.append({"type": "text", "text": after})
+    return [{"role": "user", "content": parts}]
+
+
+def text_message(text: str) -> list[dict[str, Any]]:
+    """One text-only user message (the labelling turn)."""
+    return [{"role": "user", "content": [{"type": "text", "text": text}]}]
+
+
+def missing_weights_message(model: str, reason: str) -> str:
+    """How to provide the weights of ``model`` on a machine that cannot download them."""
+    return (
+        f"cannot load the vision-language model {model!r}: {reason}\n"
+        "Provide the weights in one of these ways:\n"
+        f"  1. on a machine with internet: `huggingface-cli download {model}` (or, in Python, "
+        f"`huggingface_hub.snapshot_download({model!r})`), then copy its Hugging Face cache "
+        "folder (~/.cache/huggingface/hub, or $HF_HUB_CACHE) to the same place here;\n"
+        f"  2. or save it to a folder with `huggingface_hub.snapshot_download({model!r}, "
+        "local_dir='DIR')` and pass that folder as the model (model=DIR).\n"
+        "With HF_HUB_OFFLINE=1 only the local cache is read; unset it to download here."
+    )
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; other values pass through."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    """The torch dtype to load weights in: ``"auto"`` is bf16 on CUDA (fp16 where bf16 is not
+    supported) and float32 elsewhere (bf16 on CPU is slower, install-notes)."""
+    import torch
+
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_vlm(model: str, device: str, dtype, cache_dir: str | None = None):
+    """Load ``(processor, model)`` from a hub id or a local folder.
+
+    Raises:
+        MissingWeightsError: the folder does not exist or holds no ``config.json``, or the hub id
+            is neither cached nor downloadable; the message says how to provide the weights.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    local = Path(model).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise MissingWeightsError(missing_weights_message(model, f"the folder {local} holds no config.json"))
+        source = str(local)
+    elif model.startswith(("/", "./", "../", "~")) or local.exists():
+        raise MissingWeightsError(missing_weights_message(model, f"no model folder at {local}"))
+    else:
+        source = model
+        # Offline, fail before transformers' longer error chain, with the fix in the message.
+        if constants.is_offline_mode():
+            try:
+                cached = try_to_load_from_cache(model, "config.json", cache_dir=cache_dir)
+            except HFValidationError as error:
+                raise MissingWeightsError(missing_weights_message(model, str(error))) from error
+            if not isinstance(cached, str):
+                raise MissingWeightsError(
+                    missing_weights_message(model, "HF_HUB_OFFLINE is set and it is not in the Hugging Face cache")
+                )
+    try:
+        processor = AutoProcessor.from_pretrained(source, cache_dir=cache_dir)
+        network = AutoModelForImageTextToText.from_pretrained(source, cache_dir=cache_dir, dtype=dtype)
+    except (OSError, HFValidationError) as error:
+        raise MissingWeightsError(missing_weights_message(model, f"{type(error).__name__}: {error}")) from error
+    tokenizer = getattr(processor, "tokenizer", None)
+    # transformers 5 can silently build a near-empty tokenizer when its files are missing
+    # (install-notes): its answers would be garbage, so refuse it.
+    if tokenizer is None or len(tokenizer) < 100:
+        size = None if tokenizer is None else len(tokenizer)
+        raise MissingWeightsError(missing_weights_message(model, f"its tokenizer is missing or broken (vocabulary {size})"))
+    return processor, network.to(device).eval()
+
+
+@dataclass
+class _Job:
+    """One pair waiting in the batcher."""
+
+    first: np.ndarray
+    second: np.ndarray
+    goal: str
+    outcome: PairOutcome | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+class _PairBatcher:
+    """Runs the pairs that worker threads submit one at a time as batches of up to ``max_batch``.
+
+    The first thread to find no batch running leads: it waits up to ``wait_s`` for the batch to
+    fill, takes the queued pairs, runs them outside the lock and hands every job its outcome.
+    Threads whose pair is in someone else's batch sleep until it is done. An exception in
+    ``run`` is re-raised in every thread of that batch.
+    """
+
+    def __init__(self, run: Callable[[list[_Job]], list[PairOutcome]], max_batch: int, wait_s: float) -> None:
+        self._run = run
+        self._max_batch = max_batch
+        self._wait_s = wait_s
+        self._cond = threading.Condition()
+        self._queue: list[_Job] = []
+        self._busy = False
+
+    def ask(self, first: np.ndarray, second: np.ndarray, goal: str) -> PairOutcome:
+        job = _Job(first, second, goal)
+        with self._cond:
+            self._queue.append(job)
+            self._cond.notify_all()
+        while True:
+            with self._cond:
+                batch = self._claim_batch(job)
+            if batch is None:
+                break
+            self._execute(batch)
+        if job.error is not None:
+            raise job.error
+        assert job.outcome is not None
+        return job.outcome
+
+    def _claim_batch(self, job: _Job) -> list[_Job] | None:
+        """Under the lock: None once ``job`` is done, else a batch this thread must run."""
+        while not job.done:
+            if self._busy:
+                self._cond.wait()
+                continue
+            deadline = time.monotonic() + self._wait_s
+            while not self._busy and len(self._queue) < self._max_batch:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            if self._busy or not self._queue:
+                continue
+            batch = self._queue[: self._max_batch]
+            del self._queue[: self._max_batch]
+            self._busy = True
+            return batch
+        return None
+
+    def _execute(self, batch: list[_Job]) -> None:
+        outcomes: list[PairOutcome] | None = None
+        error: BaseException | None = None
+        try:
+            outcomes = self._run(batch)
+        except BaseException as exc:  # handed to every waiting thread, re-raised there
+            error = exc
+        with self._cond:
+            for index, job in enumerate(batch):
+                job.outcome = outcomes[index] if outcomes is not None else None
+                job.error = error
+                job.done = True
+            self._busy = False
+            self._cond.notify_all()
+
+
+class HFPreferenceLabeler(PreferenceLabeler):
+    """Compare frame pairs with a local transformers vision-language model.
+
+    Args:
+        model: hub id (e.g. ``"Qwen/Qwen2.5-VL-3B-Instruct"``) or a local model folder.
+        store: label store or its SQLite path (see ``PreferenceLabeler``).
+        two_stage: RL-VLM-F's analysis + labelling turns (True) or one direct question (False).
+        device: ``"auto"`` (CUDA when present, else CPU), or a torch device string.
+        dtype: ``"auto"`` (bf16 on CUDA, fp16 where bf16 is unsupported, float32 on CPU),
+            ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+        max_new_tokens: length limit of the analysis turn (two-stage), in tokens.
+        answer_max_new_tokens: length limit of the answer turn, in tokens (only its first line
+            is read).
+        batch_size: pairs generated together in one left-padded batch.
+        batch_wait_s: how long a partial batch waits for more pairs before it runs, in seconds.
+        analysis_prompt: first-stage template with ``{image1}``, ``{image2}``, ``{goal}``.
+        labelling_prompt: second-stage template with ``{goal}`` and ``{analysis}``.
+        single_stage_prompt: template used when ``two_stage`` is False.
+        cache_dir: Hugging Face cache folder; None = the default (``HF_HUB_CACHE``).
+        identical_threshold: see ``PreferenceLabeler``.
+        thumbnail_size: see ``PreferenceLabeler``.
+
+    Raises:
+        MissingWeightsError: the weights are not available locally and cannot be downloaded.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        store: LabelStore | str | Path | None = None,
+        two_stage: bool = True,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_new_tokens: int = 256,
+        answer_max_new_tokens: int = 16,
+        batch_size: int = 8,
+        batch_wait_s: float = 0.05,
+        analysis_prompt: str = ANALYSIS_PROMPT,
+        labelling_prompt: str = LABELLING_PROMPT,
+        single_stage_prompt: str = SINGLE_STAGE_PROMPT,
+        cache_dir: str | None = None,
+        identical_threshold: float = DEFAULT_IDENTICAL_THRESHOLD,
+        thumbnail_size: int = 64,
+    ) -> None:
+        if max_new_tokens < 1 or answer_max_new_tokens < 1 or batch_size < 1 or batch_wait_s < 0:
+            raise ValueError("max_new_tokens, answer_max_new_tokens and batch_size must be >= 1; batch_wait_s >= 0")
+        for name, template, needed in (
+            ("analysis_prompt", analysis_prompt, ("{image1}", "{image2}", "{goal}")),
+            ("labelling_prompt", labelling_prompt, ("{analysis}",)),
+            ("single_stage_prompt", single_stage_prompt, ("{image1}", "{image2}", "{goal}")),
+        ):
+            missing = [p for p in needed if p not in template]
+            if missing:
+                raise ValueError(f"{name} lacks the placeholder(s) {', '.join(missing)}")
+        # One worker thread per batch slot: the batcher turns their single-pair asks into batches.
+        super().__init__(store, batch_size, identical_threshold, thumbnail_size)
+        self.model_name = model
+        self.two_stage = bool(two_stage)
+        self.max_new_tokens = int(max_new_tokens)
+        self.answer_max_new_tokens = int(answer_max_new_tokens)
+        self.batch_size = int(batch_size)
+        self.analysis_prompt = analysis_prompt
+        self.labelling_prompt = labelling_prompt
+        self.single_stage_prompt = single_stage_prompt
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.processor, self.model = load_vlm(model, self.device, self.dtype, cache_dir)
+        # Decoder-only batches must be padded on the left so every row's answer starts at the end.
+        self.processor.tokenizer.padding_side = "left"
+        if self.processor.tokenizer.pad_token_id is None:
+            self.processor.tokenizer.pad_token = self.processor.tokenizer.eos_token
+        self.batches: list[int] = []
+        """Size of every ``generate`` batch run so far (one entry per model turn)."""
+        self._batcher = _PairBatcher(self._run_jobs, self.batch_size, float(batch_wait_s))
+
+    def __repr__(self) -> str:
+        mode = "two-stage" if self.two_stage else "single-stage"
+        return (
+            f"HFPreferenceLabeler(model={self.model_name!r}, {mode}, device={self.device!r}, "
+            f"dtype={str(self.dtype).removeprefix('torch.')}, batch_size={self.batch_size}, store={self.store!r})"
+        )
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        # Device, dtype and batch size are left out: they change the arithmetic, not the question,
+        # so a store filled on a GPU stays valid on another machine.
+        config: dict[str, Any] = {
+            "labeler": "hf-transformers",
+            "model": self.model_name,
+            "mode": "two-stage" if self.two_stage else "single-stage",
+            "decoding": "greedy",
+            "answer_max_new_tokens": self.answer_max_new_tokens,
+        }
+        if self.two_stage:
+            config["analysis_prompt"] = self.analysis_prompt
+            config["labelling_prompt"] = self.labelling_prompt
+            config["max_new_tokens"] = self.max_new_tokens
+        else:
+            config["single_stage_prompt"] = self.single_stage_prompt
+        return config
+
+    def ask(self, first: np.ndarray, second: np.ndarray, goal: str) -> PairOutcome:
+        return self._batcher.ask(first, second, goal)
+
+    def _run_jobs(self, jobs: list[_Job]) -> list[PairOutcome]:
+        raw = self._query_pairs([j.first for j in jobs], [j.second for j in jobs], [j.goal for j in jobs])
+        outcomes = []
+        for analysis, answer in raw:
+            turns = 2 if self.two_stage and answer is not None else 1
+            if answer is None:  # two-stage with an empty analysis: nothing to label from
+                outcomes.append(PairOutcome(UNPARSEABLE, analysis=analysis, error="empty analysis", requests=turns))
+                continue
+            parsed = parse_answer(answer)
+            error = None if parsed.kind is not AnswerKind.UNPARSEABLE else "answer is not 0, 1 or -1"
+            outcomes.append(
+                PairOutcome(
+                    _STATUS_OF_KIND[parsed.kind],
+                    label=parsed.label,
+                    analysis=analysis,
+                    answer=answer,
+                    error=error,
+                    requests=turns,
+                )
+            )
+        return outcomes
+
+    def _query_pairs(
+        self, first: Sequence[np.ndarray], second: Sequence[np.ndarray], goals: Sequence[str]
+    ) -> list[tuple[str | None, str | None]]:
+        """Ask the model about a batch of pairs; no parsing, no store.
+
+        Args:
+            first: uint8 ``[H, W, 3]`` frames shown as image 1, one per pair.
+            second: uint8 ``[H, W, 3]`` frames shown as image 2.
+            goals: the goal of each pair.
+
+        Returns:
+            ``(analysis, answer)`` per pair: analysis is None in single-stage mode; answer is
+            None when a two-stage analysis came back empty (no labelling turn is run for it).
+        """
+        from PIL import Image
+
+        images = [[Image.fromarray(a), Image.fromarray(b)] for a, b in zip(first, second)]
+        if not self.two_stage:
+            messages = [vision_message(self.single_stage_prompt, goal) for goal in goals]
+            return [(None, answer) for answer in self._generate(messages, images, self.answer_max_new_tokens)]
+
+        messages = [vision_message(self.analysis_prompt, goal) for goal in goals]
+        analyses = self._generate(messages, images, self.max_new_tokens)
+        to_label = [i for i, analysis in enumerate(analyses) if analysis.strip()]
+        answers: list[str | None] = [None] * len(analyses)
+        if to_label:
+            prompts = [
+                text_message(self.labelling_prompt.replace("{goal}", goals[i]).replace("{analysis}", analyses[i]))
+                for i in to_label
+            ]
+            for i, answer in zip(to_label, self._generate(prompts, None, self.answer_max_new_tokens)):
+                answers[i] = answer
+        return list(zip(analyses, answers))
+
+    def _generate(
+        self, messages: list[list[dict[str, Any]]], images: list[list[Any]] | None, max_new_tokens: int
+    ) -> list[str]:
+        """Greedy-decode one user turn per conversation; returns the new text of each."""
+        import torch
+
+        texts = [self.processor.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in messages]
+        kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
+        if images is not None:
+            kwargs["images"] = images
+        inputs = self.processor(**kwargs).to(self.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        self.batches.append(len(texts))
+        try:
+            with torch.inference_mode():
+                output = self.model.generate(
+                    **inputs,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    # Hub generation configs often carry sampling settings; greedy ignores them.
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                    pad_token_id=self.processor.tokenizer.pad_token_id,
+                )
+        except torch.cuda.OutOfMemoryError as error:
+            raise UserError(
+                f"the GPU ran out of memory generating for {len(texts)} pairs at once; "
+                f"lower batch_size (now {self.batch_size}) or max_new_tokens (now {self.max_new_tokens})"
+            ) from error
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        return self.processor.batch_decode(new_tokens, skip_special_tokens=True)
+
+
+__all__ = ["HFPreferenceLabeler", "load_vlm", "missing_weights_message", "text_message", "vision_message"]

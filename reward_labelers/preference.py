@@ -1,0 +1,286 @@
+"""Preference labelers: which of two frames better achieves a goal (RL-VLM-F, methods.md section 2).
+
+``PreferenceLabeler`` holds the logic every VLM backend shares: validating the batch, skipping
+(near-)identical pairs before any query, reading final answers from the label store, asking the
+rest with bounded concurrency, committing each answer to the store as it arrives, and counting.
+A backend implements only ``config`` (what determines its answers) and ``ask`` (one pair).
+
+Label convention: a label is the probability that the *first* frame is preferred:
+1.0 first better, 0.0 second better, NaN when there is no usable answer. Labels are never
+invented: unsure, unparseable, failed and skipped pairs are NaN.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlmrl.label_store import (
+    ANSWERED,
+    FAILED,
+    UNPARSEABLE,
+    UNSURE,
+    LabelStore,
+    canonical_config,
+    frame_hash,
+    pair_key,
+    thumbnail,
+)
+from vlmrl.reward_labelers.base import check_frames
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_IDENTICAL_THRESHOLD = 0.01
+"""Mean absolute pixel difference (uint8 levels, 0-255) below which a pair counts as identical.
+
+Kept tiny on purpose: in a 600x400 CartPole frame the pole is a few percent of the pixels, so
+two genuinely different states can differ by well under one level on average.
+"""
+
+
+@dataclass
+class PreferenceStats:
+    """Running counts over every ``compare`` call of one labeler (pairs, not HTTP requests).
+
+    ``asked`` pairs were sent to the VLM in this process; each of them ends as exactly one of
+    ``answered``, ``unsure``, ``unparseable`` or ``failed``. ``cached`` pairs came from the label
+    store without a request; ``skipped_identical`` pairs were never asked. ``requests`` counts
+    HTTP requests, retries included.
+    """
+
+    asked: int = 0
+    answered: int = 0
+    unsure: int = 0
+    unparseable: int = 0
+    failed: int = 0
+    skipped_identical: int = 0
+    cached: int = 0
+    requests: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PairOutcome:
+    """What one query produced.
+
+    Attributes:
+        status: answered / unsure / unparseable / failed (see ``vlmrl.label_store``).
+        label: 1.0 or 0.0 when answered, NaN otherwise.
+        analysis: the first-stage answer (two-stage mode), or None.
+        answer: the raw labelling answer, or None when none came back.
+        error: why the query failed or could not be parsed, or None.
+        requests: HTTP requests spent on this pair, retries included.
+    """
+
+    status: str
+    label: float = math.nan
+    analysis: str | None = None
+    answer: str | None = None
+    error: str | None = None
+    requests: int = 1
+
+
+def mean_abs_difference(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Mean absolute pixel difference per pair, in uint8 levels: float64 ``[N]``."""
+    n = first.shape[0]
+    out = np.empty(n, dtype=np.float64)
+    for i in range(n):  # one pair at a time keeps the int16 copy small for large frames
+        out[i] = np.abs(first[i].astype(np.int16) - second[i].astype(np.int16)).mean()
+    return out
+
+
+class PreferenceLabeler(ABC):
+    """Base class of labelers that compare two frames against a goal.
+
+    Args:
+        store: the label store (a ``LabelStore`` or a path to its SQLite file); None keeps no
+            record and asks every time.
+        max_concurrency: pairs queried at the same time.
+        identical_threshold: pairs whose mean absolute pixel difference (0-255 levels) is below
+            this are skipped without a query.
+        thumbnail_size: longest side in pixels of the PNG thumbnails stored with each row
+            (for ``vlmrl label-pairs --grid``); 0 stores none.
+    """
+
+    def __init__(
+        self,
+        store: LabelStore | str | Path | None = None,
+        max_concurrency: int = 4,
+        identical_threshold: float = DEFAULT_IDENTICAL_THRESHOLD,
+        thumbnail_size: int = 64,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if identical_threshold < 0:
+            raise ValueError(f"identical_threshold must be >= 0, got {identical_threshold}")
+        self.store = store if isinstance(store, LabelStore) or store is None else LabelStore(store)
+        self.max_concurrency = int(max_concurrency)
+        self.identical_threshold = float(identical_threshold)
+        self.thumbnail_size = int(thumbnail_size)
+        self.stats = PreferenceStats()
+
+    @property
+    @abstractmethod
+    def config(self) -> Mapping[str, Any]:
+        """Everything that determines the answers (model, prompts, mode, sampling), as JSON-able
+        values. It is part of the store key and is written to the store: never put secrets here.
+        """
+
+    @abstractmethod
+    def ask(self, first: np.ndarray, second: np.ndarray, goal: str) -> PairOutcome:
+        """Query the VLM about one pair (uint8 ``[H, W, 3]`` frames), retries included.
+
+        Called from worker threads; must not raise for network or protocol failures (return a
+        ``failed`` outcome instead).
+        """
+
+    def compare(
+        self,
+        first: np.ndarray,
+        second: np.ndarray,
+        goal: str,
+        true_rewards: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """Preference labels for a batch of frame pairs.
+
+        Args:
+            first: uint8 ``[N, H, W, 3]`` frames shown as image 1.
+            second: uint8 ``[N, H, W, 3]`` frames shown as image 2 (same shape as ``first``).
+            goal: the task description, e.g. ``"to balance the pole upright on the cart"``.
+            true_rewards: optional ``(r_first, r_second)``, float ``[N]`` each: the true rewards
+                of the frames, stored with each row so label accuracy can be measured later
+                (``vlmrl label-pairs``). Never shown to the VLM.
+
+        Returns:
+            float32 ``[N]``: 1.0 the first frame better achieves the goal, 0.0 the second,
+            NaN when the VLM was unsure, saw no difference, gave an unparseable answer, the
+            query failed, or the frames were (near-)identical.
+        """
+        first = check_frames(first)
+        second = check_frames(second)
+        if first.shape != second.shape:
+            raise ValueError(f"first and second must have the same shape, got {first.shape} and {second.shape}")
+        n = first.shape[0]
+        rewards = self._check_true_rewards(true_rewards, n)
+        labels = np.full(n, np.nan, dtype=np.float32)
+        if n == 0:
+            return labels
+
+        config_json = canonical_config(self.config)
+        hashes = [(frame_hash(first[i]), frame_hash(second[i])) for i in range(n)]
+        keys = [pair_key(h1, h2, goal, config_json) for h1, h2 in hashes]
+
+        identical = mean_abs_difference(first, second) < self.identical_threshold
+        self.stats.skipped_identical += int(identical.sum())
+        stored = self.store.get_many([k for k, same in zip(keys, identical) if not same]) if self.store else {}
+
+        # Indices still to ask, one per distinct key (a batch may repeat a pair).
+        to_ask: dict[str, list[int]] = {}
+        for i in range(n):
+            if identical[i]:
+                continue
+            row = stored.get(keys[i])
+            if row is not None and row.is_final:
+                labels[i] = row.label_value
+                self.stats.cached += 1
+            else:
+                to_ask.setdefault(keys[i], []).append(i)
+        if not to_ask:
+            return labels
+
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(to_ask))) as pool:
+            futures = {
+                pool.submit(self.ask, first[idx[0]], second[idx[0]], goal): key for key, idx in to_ask.items()
+            }
+            try:
+                # Record each answer the moment it arrives: a killed run keeps everything paid for.
+                for future in as_completed(futures):
+                    key = futures[future]
+                    indices = to_ask[key]
+                    outcome = future.result()
+                    self._count(outcome)
+                    labels[indices] = outcome.label
+                    if self.store is not None:
+                        i = indices[0]
+                        self._record(key, hashes[i], goal, config_json, outcome, first[i], second[i], rewards, i)
+            except BaseException:
+                # Ctrl-C or a bug: start no new queries; those in flight end within their timeout.
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+        return labels
+
+    def _count(self, outcome: PairOutcome) -> None:
+        self.stats.asked += 1
+        self.stats.requests += outcome.requests
+        if outcome.status == ANSWERED:
+            self.stats.answered += 1
+        elif outcome.status == UNSURE:
+            self.stats.unsure += 1
+        elif outcome.status == UNPARSEABLE:
+            self.stats.unparseable += 1
+        else:
+            self.stats.failed += 1
+            logger.warning("preference query failed after %d request(s): %s", outcome.requests, outcome.error)
+
+    def _record(
+        self,
+        key: str,
+        hashes: tuple[str, str],
+        goal: str,
+        config_json: str,
+        outcome: PairOutcome,
+        first: np.ndarray,
+        second: np.ndarray,
+        rewards: tuple[np.ndarray, np.ndarray] | None,
+        index: int,
+    ) -> None:
+        thumbs = None
+        if self.thumbnail_size > 0 and outcome.status != FAILED:
+            thumbs = (thumbnail(first, self.thumbnail_size), thumbnail(second, self.thumbnail_size))
+        self.store.put(
+            key,
+            first_hash=hashes[0],
+            second_hash=hashes[1],
+            goal=goal,
+            config_json=config_json,
+            status=outcome.status,
+            label=None if math.isnan(outcome.label) else outcome.label,
+            analysis=outcome.analysis,
+            answer=outcome.answer,
+            error=outcome.error,
+            attempts=outcome.requests,
+            true_rewards=(rewards[0][index], rewards[1][index]) if rewards is not None else None,
+            thumbnails=thumbs,
+        )
+
+    @staticmethod
+    def _check_true_rewards(
+        true_rewards: tuple[np.ndarray, np.ndarray] | None, n: int
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        if true_rewards is None:
+            return None
+        if len(true_rewards) != 2:
+            raise ValueError("true_rewards must be a pair (rewards of first frames, rewards of second frames)")
+        r1, r2 = (np.asarray(r, dtype=np.float64).reshape(-1) for r in true_rewards)
+        if r1.shape != (n,) or r2.shape != (n,):
+            raise ValueError(f"true_rewards must hold {n} rewards each, got {r1.shape} and {r2.shape}")
+        return r1, r2
+
+
+__all__ = [
+    "DEFAULT_IDENTICAL_THRESHOLD",
+    "PairOutcome",
+    "PreferenceLabeler",
+    "PreferenceStats",
+    "mean_abs_difference",
+]

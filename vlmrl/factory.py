@@ -1,0 +1,79 @@
+"""Build envs and labelers from config sections (sits on top, beside the config)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import gymnasium as gym
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+
+import vlmrl.envs  # noqa: F401  (registers the vlmrl/ env ids)
+from vlmrl.agents.frame_capture import FrameInInfo
+from vlmrl.config import EnvConfig, LabelerConfig, plain_dict
+from vlmrl.errors import ConfigError
+from vlmrl.reward_labelers.base import FrameRewardLabeler
+
+
+def make_env(config: EnvConfig, render_size: tuple[int, int] | None = None) -> gym.Env:
+    """One env rendering ``rgb_array`` frames; our ``vlmrl/`` envs render at the configured size.
+
+    ``render_size`` = (width, height) overrides the config's size (e.g. bigger frames for videos).
+    """
+    kwargs = plain_dict(config.kwargs)
+    if config.id.startswith("vlmrl/"):
+        width, height = render_size or (config.render_width, config.render_height)
+        kwargs.update(render_width=width, render_height=height)
+    try:
+        return gym.make(config.id, render_mode="rgb_array", **kwargs)
+    except gym.error.Error as error:
+        raise ConfigError(f"env.id {config.id!r}: {error}") from error
+    except TypeError as error:
+        raise ConfigError(f"env.kwargs for {config.id!r}: {error}") from error
+
+
+def _env_builder(config: EnvConfig, capture_frames: bool) -> Callable[[], gym.Env]:
+    def build() -> gym.Env:
+        import vlmrl.envs  # noqa: F401  (subprocess workers register the ids too)
+
+        return FrameInInfo(Monitor(make_env(config)), capture_frames=capture_frames)
+
+    return build
+
+
+def make_vec_env(config: EnvConfig, seed: int, capture_frames: bool = True) -> VecEnv:
+    """``config.n_envs`` monitored envs that put each step's frame in ``info["frame"]``.
+
+    ``subproc`` workers use the forkserver start method: fork hangs once the parent holds an
+    EGL context.
+    """
+    builders = [_env_builder(config, capture_frames) for _ in range(config.n_envs)]
+    if config.vec_env == "subproc":
+        venv: VecEnv = SubprocVecEnv(builders, start_method="forkserver")
+    else:
+        venv = DummyVecEnv(builders)
+    venv.seed(seed)
+    return venv
+
+
+def make_frame_labeler(config: LabelerConfig, seed: int = 0) -> FrameRewardLabeler:
+    """The per-frame labeler a config names (loads model weights for CLIP)."""
+    if config.kind == "oracle":
+        from vlmrl.reward_labelers.oracle import OracleRewardLabeler
+
+        return OracleRewardLabeler(scale=config.oracle.scale, noise_std=config.oracle.noise_std, seed=seed)
+    if config.kind == "clip":
+        from vlmrl.reward_labelers import ClipRewardLabeler
+
+        clip = config.clip
+        return ClipRewardLabeler(
+            model=clip.model,
+            pretrained=clip.pretrained,
+            goal_prompts=list(clip.goal_prompts),
+            baseline_prompts=list(clip.baseline_prompts),
+            alpha=clip.alpha,
+            device=config.device,
+            backend=clip.backend,
+            batch_size=clip.batch_size,
+        )
+    raise ConfigError(f"labeler.kind {config.kind!r} is not a per-frame labeler")

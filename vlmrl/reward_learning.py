@@ -1,0 +1,287 @@
+"""Training a :class:`~vlmrl.reward_nets.RewardModel`: distillation by regression, preferences by Bradley-Terry.
+
+Both fits continue from the model's current weights with a fresh Adam optimiser, so they can be
+called again and again on a growing dataset inside an RL loop. Each ensemble member walks the
+training data in its own random order. A held-out fraction (drawn afresh on every call from
+``seed``) is never trained on in that call and gives the reported held-out metrics; across calls
+it may overlap data trained on earlier, so treat it as a diagnostic, not a test set.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from vlmrl.reward_nets import RewardModel
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Metrics of one fit call.
+
+    Attributes:
+        objective: ``"regression"`` or ``"bradley_terry"``.
+        epochs: passes over the training split.
+        steps: gradient steps taken by each member.
+        n_train, n_heldout: items (frames or labelled pairs) in each split.
+        n_unlabelled: pairs dropped because their label was NaN (Bradley-Terry only).
+        train_loss: mean over members of the last epoch's mean batch loss (regression: MSE in
+            standardised target units; Bradley-Terry: cross-entropy in nats).
+        heldout_loss: the same loss for the ensemble-mean prediction on the held-out split.
+        heldout_pearson: regression: Pearson correlation of predictions and held-out targets.
+        heldout_accuracy: Bradley-Terry: fraction of held-out pairs (ties excluded) whose
+            preferred item gets the higher ensemble-mean reward.
+        train_accuracy: the same on the training split.
+        seconds: wall-clock duration of the call.
+        NaN marks a metric that does not apply or had no data.
+    """
+
+    objective: str
+    epochs: int
+    steps: int
+    n_train: int
+    n_heldout: int
+    train_loss: float
+    heldout_loss: float
+    seconds: float
+    n_unlabelled: int = 0
+    heldout_pearson: float = math.nan
+    heldout_accuracy: float = math.nan
+    train_accuracy: float = math.nan
+
+    def metrics(self) -> dict[str, float]:
+        """Numeric fields, for a logger."""
+        return {k: float(v) for k, v in asdict(self).items() if k != "objective"}
+
+
+def _check_fit_args(epochs: int, batch_size: int, lr: float, heldout_fraction: float) -> None:
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if not 0 <= heldout_fraction < 1:
+        raise ValueError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
+
+
+def _split(n: int, heldout_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random (train, heldout) index arrays; the training split keeps at least one item."""
+    order = rng.permutation(n)
+    n_heldout = min(int(n * heldout_fraction), n - 1)
+    return order[n_heldout:], order[:n_heldout]
+
+
+def _member_orders(n: int, ensemble_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    return [rng.permutation(n) for _ in range(ensemble_size)]
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 2 or np.std(a) == 0 or np.std(b) == 0:
+        return math.nan
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def fit_regression(
+    model: RewardModel,
+    inputs: np.ndarray,
+    targets: np.ndarray,
+    *,
+    epochs: int = 5,
+    batch_size: int = 256,
+    lr: float = 3e-4,
+    heldout_fraction: float = 0.1,
+    seed: int = 0,
+) -> FitResult:
+    """Distil a per-item reward (e.g. CLIP scores of frames) into the model by MSE.
+
+    Targets are standardised with the training split's mean and standard deviation, which are
+    stored in ``model.target_mean`` / ``model.target_std`` so :meth:`RewardModel.predict`
+    returns rewards in the targets' units.
+
+    Args:
+        model: trained in place, from its current weights.
+        inputs: cnn: uint8 frames ``[N, H, W, 3]``; mlp: float states ``[N, obs_dim]``.
+        targets: float ``[N]`` rewards, all finite.
+        epochs: passes over the training split.
+        batch_size: items per gradient step and member.
+        lr: Adam learning rate.
+        heldout_fraction: share of items kept out of training for the held-out metrics.
+        seed: seeds the split and the members' shuffles.
+    """
+    _check_fit_args(epochs, batch_size, lr, heldout_fraction)
+    start_time = time.perf_counter()
+    targets = np.asarray(targets, dtype=np.float64)
+    if targets.ndim != 1 or len(targets) != len(inputs):
+        raise ValueError(f"targets must have shape [{len(inputs)}] to match the inputs, got {targets.shape}")
+    if len(targets) == 0:
+        raise ValueError("fit_regression needs at least one item")
+    if not np.all(np.isfinite(targets)):
+        raise ValueError("targets contain NaN or infinite values")
+
+    prepared = model.prepare(inputs)
+    rng = np.random.default_rng(seed)
+    train_idx, heldout_idx = _split(len(targets), heldout_fraction, rng)
+    mean = float(targets[train_idx].mean())
+    std = float(targets[train_idx].std())
+    model.target_mean, model.target_std = mean, (std if std > 1e-8 else 1.0)
+    z = torch.as_tensor((targets - model.target_mean) / model.target_std, dtype=torch.float32)
+
+    optimizer = torch.optim.Adam(model.members.parameters(), lr=lr)
+    steps_per_epoch = math.ceil(len(train_idx) / batch_size)
+    epoch_losses: list[float] = []
+    for _ in range(epochs):
+        orders = [train_idx[o] for o in _member_orders(len(train_idx), model.ensemble_size, rng)]
+        loss_sum = 0.0
+        for step in range(steps_per_epoch):
+            optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for member, order in zip(model.members, orders):
+                idx = torch.as_tensor(order[step * batch_size : (step + 1) * batch_size])
+                x = model.to_network_input(prepared[idx])
+                y = z[idx].to(model.device)
+                loss = F.mse_loss(model.output_scale * member(x), y)
+                loss.backward()
+                total += loss.item()
+            optimizer.step()
+            loss_sum += total / model.ensemble_size
+        epoch_losses.append(loss_sum / steps_per_epoch)
+
+    heldout_loss = heldout_pearson = math.nan
+    if len(heldout_idx) > 0:
+        predicted = model.predict(prepared[torch.as_tensor(heldout_idx)])
+        actual = targets[heldout_idx]
+        heldout_loss = float(np.mean(((predicted - actual) / model.target_std) ** 2))
+        heldout_pearson = _pearson(predicted, actual)
+    return FitResult(
+        objective="regression",
+        epochs=epochs,
+        steps=epochs * steps_per_epoch,
+        n_train=len(train_idx),
+        n_heldout=len(heldout_idx),
+        train_loss=epoch_losses[-1],
+        heldout_loss=heldout_loss,
+        heldout_pearson=heldout_pearson,
+        seconds=time.perf_counter() - start_time,
+    )
+
+
+def _preference_metrics(
+    model: RewardModel, first: torch.Tensor, second: torch.Tensor, labels: np.ndarray
+) -> tuple[float, float]:
+    """(cross-entropy, accuracy) of the ensemble-mean reward on prepared pairs; ties skip accuracy."""
+    r1 = model.predict(first)
+    r2 = model.predict(second)
+    logits = torch.as_tensor((r1 - r2) / model.target_std, dtype=torch.float64)
+    loss = F.binary_cross_entropy_with_logits(logits, torch.as_tensor(labels, dtype=torch.float64)).item()
+    decisive = labels != 0.5
+    accuracy = float(np.mean((r1 > r2)[decisive] == (labels > 0.5)[decisive])) if decisive.any() else math.nan
+    return loss, accuracy
+
+
+def fit_bradley_terry(
+    model: RewardModel,
+    first: np.ndarray,
+    second: np.ndarray,
+    labels: np.ndarray,
+    *,
+    epochs: int = 10,
+    batch_size: int = 128,
+    lr: float = 3e-4,
+    heldout_fraction: float = 0.1,
+    seed: int = 0,
+) -> FitResult:
+    """Learn a reward from pairwise preferences with the Bradley-Terry model.
+
+    ``P(first preferred) = sigmoid(r(first) - r(second))`` with ``r`` in standardised units
+    (``output_scale * net(x)``), trained by cross-entropy against the labels. ``target_mean``
+    and ``target_std`` are left as they are (0 and 1 on a fresh model).
+
+    Args:
+        model: trained in place, from its current weights.
+        first, second: the two items of each pair; cnn: uint8 frames ``[N, H, W, 3]``;
+            mlp: float states ``[N, obs_dim]``.
+        labels: float ``[N]``: 1.0 = first preferred, 0.0 = second preferred, values in
+            between are soft labels (0.5 = equally good), NaN = no label (pair dropped and
+            counted as ``n_unlabelled``). Note RL-VLM-F's VLM answers the opposite way
+            (``0`` = image 1 better); convert before calling.
+        epochs: passes over the labelled training pairs.
+        batch_size: pairs per gradient step and member.
+        lr: Adam learning rate.
+        heldout_fraction: share of labelled pairs kept out of training for the held-out metrics.
+        seed: seeds the split and the members' shuffles.
+
+    Returns:
+        A :class:`FitResult`; with no labelled pair at all nothing is trained and ``n_train`` is 0.
+    """
+    _check_fit_args(epochs, batch_size, lr, heldout_fraction)
+    start_time = time.perf_counter()
+    labels = np.asarray(labels, dtype=np.float64)
+    if labels.ndim != 1 or not len(first) == len(second) == len(labels):
+        raise ValueError(
+            f"first, second and labels must have the same length N (labels [N]); got "
+            f"{len(first)}, {len(second)} and labels of shape {labels.shape}"
+        )
+    labelled = ~np.isnan(labels)
+    if np.any((labels[labelled] < 0) | (labels[labelled] > 1)):
+        raise ValueError("labels must be in [0, 1] (1.0 = first preferred, 0.0 = second) or NaN")
+    n_unlabelled = int((~labelled).sum())
+    if not labelled.any():
+        nan = math.nan
+        return FitResult("bradley_terry", 0, 0, 0, 0, nan, nan, time.perf_counter() - start_time, n_unlabelled)
+
+    keep = np.flatnonzero(labelled)
+    first_p = model.prepare(first)[torch.as_tensor(keep)]
+    second_p = model.prepare(second)[torch.as_tensor(keep)]
+    labels = labels[keep]
+    y_all = torch.as_tensor(labels, dtype=torch.float32)
+
+    rng = np.random.default_rng(seed)
+    train_idx, heldout_idx = _split(len(labels), heldout_fraction, rng)
+    optimizer = torch.optim.Adam(model.members.parameters(), lr=lr)
+    steps_per_epoch = math.ceil(len(train_idx) / batch_size)
+    epoch_losses: list[float] = []
+    for _ in range(epochs):
+        orders = [train_idx[o] for o in _member_orders(len(train_idx), model.ensemble_size, rng)]
+        loss_sum = 0.0
+        for step in range(steps_per_epoch):
+            optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for member, order in zip(model.members, orders):
+                idx = torch.as_tensor(order[step * batch_size : (step + 1) * batch_size])
+                # One forward pass over both halves of the pairs.
+                x = model.to_network_input(torch.cat([first_p[idx], second_p[idx]]))
+                r1, r2 = (model.output_scale * member(x)).chunk(2)
+                loss = F.binary_cross_entropy_with_logits(r1 - r2, y_all[idx].to(model.device))
+                loss.backward()
+                total += loss.item()
+            optimizer.step()
+            loss_sum += total / model.ensemble_size
+        epoch_losses.append(loss_sum / steps_per_epoch)
+
+    def metrics_on(idx: np.ndarray) -> tuple[float, float]:
+        rows = torch.as_tensor(idx)
+        return _preference_metrics(model, first_p[rows], second_p[rows], labels[idx])
+
+    _, train_accuracy = metrics_on(train_idx)
+    heldout_loss = heldout_accuracy = math.nan
+    if len(heldout_idx) > 0:
+        heldout_loss, heldout_accuracy = metrics_on(heldout_idx)
+    return FitResult(
+        objective="bradley_terry",
+        epochs=epochs,
+        steps=epochs * steps_per_epoch,
+        n_train=len(train_idx),
+        n_heldout=len(heldout_idx),
+        n_unlabelled=n_unlabelled,
+        train_loss=epoch_losses[-1],
+        heldout_loss=heldout_loss,
+        heldout_accuracy=heldout_accuracy,
+        train_accuracy=train_accuracy,
+        seconds=time.perf_counter() - start_time,
+    )
