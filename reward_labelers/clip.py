@@ -66,7 +66,7 @@ def preprocess_frames(frames: torch.Tensor, spec: ImagePreprocessing) -> torch.T
         float32 ``[N, 3, spec.size[0], spec.size[1]]``.
     """
     target_h, target_w = spec.size
-    pixels = frames.permute(0, 3, 1, 2).float()
+    pixels = frames.permute(0, 3, 1, 2)  # a channels-last view: no copy
     height, width = pixels.shape[-2:]
     if spec.resize_mode == "squash":
         resized_h, resized_w = target_h, target_w
@@ -79,18 +79,31 @@ def preprocess_frames(frames: torch.Tensor, spec: ImagePreprocessing) -> torch.T
         scale = max(target_h / height, target_w / width)
         resized_h, resized_w = max(target_h, int(height * scale)), max(target_w, int(width * scale))
     if (resized_h, resized_w) != (height, width):
-        pixels = F.interpolate(
-            pixels, size=(resized_h, resized_w), mode=spec.interpolation, antialias=True,
-            align_corners=False,
-        )
-        # PIL resizes in uint8: bicubic overshoot is clipped and values rounded.
-        pixels = pixels.clamp_(0.0, 255.0).round_()
+        pixels = resize_like_pil(pixels, (resized_h, resized_w), spec.interpolation)
     top = int(round((resized_h - target_h) / 2.0))
     left = int(round((resized_w - target_w) / 2.0))
     pixels = pixels[:, :, top : top + target_h, left : left + target_w]
     mean = torch.tensor(spec.mean, device=pixels.device).view(1, 3, 1, 1) * 255.0
     std = torch.tensor(spec.std, device=pixels.device).view(1, 3, 1, 1) * 255.0
-    return ((pixels - mean) / std).contiguous()
+    return ((pixels.float() - mean) / std).contiguous()
+
+
+def resize_like_pil(
+    pixels: torch.Tensor, size: tuple[int, int], mode: str, uint8_kernel: bool | None = None
+) -> torch.Tensor:
+    """Antialiased resize of uint8 ``[N, 3, H, W]`` to ``size``, with uint8 values as PIL gives.
+
+    ``uint8_kernel`` (default: on CPU) resizes the uint8 tensor directly; otherwise the resize
+    runs in float (the only kind CUDA supports) and is clipped and rounded afterwards.
+    """
+    if uint8_kernel is None:
+        uint8_kernel = pixels.device.type == "cpu"
+    if uint8_kernel:
+        # torch's uint8 antialiased kernels (channels-last) are ~10x faster than float ones.
+        return F.interpolate(pixels, size=size, mode=mode, antialias=True, align_corners=False)
+    resized = F.interpolate(pixels.float(), size=size, mode=mode, antialias=True, align_corners=False)
+    # PIL clips bicubic overshoot and rounds to uint8; the models were trained on that.
+    return resized.clamp_(0.0, 255.0).round_()
 
 
 def mean_prompt_embedding(embeddings: torch.Tensor) -> torch.Tensor:

@@ -103,7 +103,7 @@ def load_clip_backend(
         if pretrained is not None:
             raise ConfigError(
                 "the transformers backend takes the weights from `model` (a hub id or a local "
-                f"directory); got pretrained={pretrained!r}, set it to None"
+                f"directory); got pretrained={pretrained!r}, pass pretrained=None"
             )
         return TransformersClipBackend.load(model, device)
     raise ConfigError(f"unknown CLIP backend {backend!r}; choose one of {list(BACKENDS)}")
@@ -150,8 +150,8 @@ class OpenClipBackend(ClipBackend):
                 ``open_clip_config.json`` and weights (same as ``"local-dir:FOLDER"``), or
                 ``"hf-hub:ORG/REPO"``.
             pretrained: a pretrained tag (``"laion2b_s34b_b79k"``), a local checkpoint file
-                (.pt/.pth/.bin/.safetensors), or None for random weights (tests only). Ignored
-                for ``local-dir:`` and ``hf-hub:`` models, which carry their own weights.
+                (.pt/.pth/.bin/.safetensors), or None for random weights (tests only). Must be
+                None for ``local-dir:`` and ``hf-hub:`` models, which carry their own weights.
             device: where to put the model.
         """
         import open_clip
@@ -401,7 +401,7 @@ def _hf_preprocessing(model: str, config) -> ImagePreprocessing:
         return ImagePreprocessing(
             size=(size, size),
             resize_mode="squash" if siglip else "shortest",
-            interpolation="bilinear" if siglip else "bicubic",
+            interpolation="bicubic",
             mean=(0.5, 0.5, 0.5) if siglip else OPENAI_CLIP_MEAN,
             std=(0.5, 0.5, 0.5) if siglip else OPENAI_CLIP_STD,
         )

@@ -210,12 +210,12 @@ class _PairBatcher:
                 self._cond.wait()
                 continue
             deadline = time.monotonic() + self._wait_s
-            while not self._busy and len(self._queue) < self._max_batch:
+            while not (self._busy or job.done) and len(self._queue) < self._max_batch:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            if self._busy or not self._queue:
+            if self._busy or job.done or not self._queue:
                 continue
             batch = self._queue[: self._max_batch]
             del self._queue[: self._max_batch]

@@ -8,7 +8,8 @@ load them through the same paths users take:
   also holds ``open_clip_config.json``, so ``model="local-dir:" + folder`` works too.
 - :func:`save_tiny_hf_clip` writes a transformers ``CLIPModel`` folder (config, weights, a
   working offline tokenizer, image processor): ``ClipRewardLabeler(model=folder,
-  pretrained=None, backend="transformers")``.
+  pretrained=None, backend="transformers")``. :func:`save_tiny_hf_siglip` does the same for
+  a ``SiglipModel`` (with the CLIP tokenizer standing in for SigLIP's SentencePiece one).
 
 Both tokenizers use the real CLIP BPE vocabulary (shipped inside open_clip), so token ids are
 those of the pretrained models.
@@ -144,4 +145,50 @@ def save_tiny_hf_clip(directory: str | Path, *, seed: int = 0) -> str:
         size={"shortest_edge": TINY_IMAGE_SIZE},
         crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
     ).save_pretrained(directory)
+    return str(directory)
+
+
+def save_tiny_hf_siglip(directory: str | Path, *, seed: int = 0) -> str:
+    """Build a random transformers ``SiglipModel`` (2 layers, width 64) and save it.
+
+    SigLIP's own SentencePiece vocabulary is not available offline, so the CLIP BPE tokenizer
+    stands in (vocab size 49408); the model, its pooling and its image processor are SigLIP's.
+
+    Returns:
+        The model folder: pass it as ``model`` with ``backend="transformers"``.
+    """
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = clip_bpe_tokenizer()
+    config = SiglipConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 16,
+            "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+        },
+        vision_config={
+            "image_size": TINY_IMAGE_SIZE,
+            "patch_size": 16,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+        },
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = SiglipModel(config)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    SiglipImageProcessor(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}).save_pretrained(
+        directory
+    )
     return str(directory)

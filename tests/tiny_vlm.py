@@ -67,10 +67,18 @@ def build_tokenizer():
     )
 
 
-def build_tiny_qwen2_vl(out_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny_qwen2_vl(out_dir: str | Path, seed: int = 0, scripted_reply: str | None = None) -> Path:
     """Write a tiny random Qwen2-VL checkpoint (weights, tokenizer, processor) into ``out_dir``.
 
-    Sizes: text hidden 64, 2 layers, 4 heads; vision embed 32, 1 block; ~0.1M parameters.
+    Sizes: text hidden 64, 2 layers, 4 heads; vision embed 32, 1 block; ~0.2M parameters.
+
+    Args:
+        out_dir: folder to write.
+        seed: seed of the random weights.
+        scripted_reply: None for random weights (random text out). A single character such as
+            ``"0"`` hand-sets the language model so every reply is exactly that character then
+            end-of-turn, whatever it is shown (see ``_script_reply``): real generation with a
+            known answer.
 
     Returns:
         ``out_dir`` as a Path, loadable with ``AutoProcessor`` / ``AutoModelForImageTextToText``.
@@ -121,6 +129,8 @@ def build_tiny_qwen2_vl(out_dir: str | Path, seed: int = 0) -> Path:
         for parameter in model.parameters():
             if parameter.ndim >= 2:
                 parameter.normal_(0.0, 0.2)
+    if scripted_reply is not None:
+        _script_reply(model, tokenizer.convert_tokens_to_ids(scripted_reply), ids["<|im_end|>"])
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
 
@@ -136,6 +146,32 @@ def build_tiny_qwen2_vl(out_dir: str | Path, seed: int = 0) -> Path:
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return out_dir
+
+
+def _script_reply(model, reply_id: int, end_id: int) -> None:
+    """Hand-set the language model so it answers ``reply_id`` once, then ``end_id``.
+
+    Two residual-stream dimensions that no layer writes to (their rows of every ``o_proj`` and
+    ``down_proj`` are zero) carry the current input token's embedding to the head unchanged:
+    dimension 0 holds a constant for every token and votes for the reply; dimension 1 is large
+    only for the reply token itself and votes for end-of-turn. So after any prompt the next
+    token is the reply, and after the reply it is end-of-turn.
+    """
+    import torch
+
+    language_model = model.model.language_model
+    with torch.no_grad():
+        embeddings = language_model.embed_tokens.weight
+        embeddings[:, :2] = 0.0
+        embeddings[:, 0] = 100.0
+        embeddings[reply_id, 1] = 200.0
+        for layer in language_model.layers:
+            layer.self_attn.o_proj.weight[:2] = 0.0
+            layer.mlp.down_proj.weight[:2] = 0.0
+        language_model.norm.weight.fill_(1.0)
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[reply_id, 0] = 1.0
+        model.lm_head.weight[end_id, 1] = 1.0
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def build_dataclass(cls: type[T], data: Any, source: str, prefix: str = "") -> T
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
-            f"{source}: unknown key {prefix}{unknown[0]!r}; allowed keys here: {', '.join(sorted(fields))}"
+            f"{source}: unknown key {prefix}{unknown[0]}; allowed keys here: {', '.join(sorted(fields))}"
         )
     kwargs = {}
     for name, value in data.items():

@@ -81,6 +81,12 @@ def _member_orders(n: int, ensemble_size: int, rng: np.random.Generator) -> list
     return [rng.permutation(n) for _ in range(ensemble_size)]
 
 
+def _init_state_normaliser(model: RewardModel, prepared: torch.Tensor) -> None:
+    """The first fit of an MLP model fixes its input standardisation."""
+    if model.config.kind == "mlp" and model.state_mean is None:
+        model.set_state_normaliser(prepared)
+
+
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     if len(a) < 2 or np.std(a) == 0 or np.std(b) == 0:
         return math.nan
@@ -125,6 +131,7 @@ def fit_regression(
         raise ValueError("targets contain NaN or infinite values")
 
     prepared = model.prepare(inputs)
+    _init_state_normaliser(model, prepared)
     rng = np.random.default_rng(seed)
     train_idx, heldout_idx = _split(len(targets), heldout_fraction, rng)
     mean = float(targets[train_idx].mean())
@@ -239,6 +246,7 @@ def fit_bradley_terry(
     first_p = model.prepare(first)[torch.as_tensor(keep)]
     second_p = model.prepare(second)[torch.as_tensor(keep)]
     labels = labels[keep]
+    _init_state_normaliser(model, torch.cat([first_p, second_p]))
     y_all = torch.as_tensor(labels, dtype=torch.float32)
 
     rng = np.random.default_rng(seed)

@@ -1,0 +1,178 @@
+"""`vlmrl train`, `--resume`, `vlmrl record` and `vlmrl eval-reward` as a user runs them."""
+
+import json
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+import yaml
+
+from vlmrl.cli import main
+from vlmrl.runs import list_checkpoints, read_checkpoint_state
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def short_run_overrides(root: Path, steps: int) -> list[str]:
+    settings = [
+        f"agent.total_timesteps={steps}",
+        f"run.root={root}",
+        "run.checkpoint_every=512",
+        "run.eval_episodes=2",
+        "env.render_width=64",
+        "env.render_height=48",
+        "env.n_envs=2",
+        "agent.hyperparams.n_steps=128",
+        "agent.hyperparams.batch_size=64",
+        "agent.hyperparams.n_epochs=2",
+        "reward.warmup_labels=128",
+        "reward.retrain_every=256",
+        "reward.net_input_size=48",
+        "reward.epochs=1",
+    ]
+    return [arg for setting in settings for arg in ("--set", setting)]
+
+
+def only_run_dir(root: Path) -> Path:
+    (run_dir,) = [p for p in root.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for events in sorted((run_dir / "tb").rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend((e.step, e.value) for e in accumulator.Scalars(tag))
+    return scalars
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    code = main(["train", str(REPO / "configs/cartpole_oracle.yaml"), "--no-progress", *short_run_overrides(root, 1024)])
+    assert code == 0
+    return only_run_dir(root)
+
+
+def test_train_writes_a_complete_run_directory(trained_run):
+    assert trained_run.name.startswith("cartpole__oracle__0__")
+    resolved = yaml.safe_load((trained_run / "config.yaml").read_text())
+    assert resolved["agent"]["total_timesteps"] == 1024 and resolved["env"]["render_width"] == 64
+    assert (trained_run / "model.zip").is_file()
+    assert (trained_run / "reward_net.safetensors").is_file() and (trained_run / "reward_net.json").is_file()
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert summary["env_steps"] == 1024
+    assert summary["net_fits"] >= 1 and 0 < summary["labelled_frames"] < 1024
+    assert summary["eval"]["episodes"] == 2 and summary["eval"]["true_return_mean"] > 0
+    assert [p.name for p in list_checkpoints(trained_run)] == ["step_0000000512", "step_0000001024"]
+
+    scalars = tensorboard_scalars(trained_run)
+    for tag in ("reward/labeler_mean", "reward/true_return", "labeler/calls", "labeler/fraction", "time/env_steps_per_s"):
+        assert tag in scalars, f"missing TensorBoard scalar {tag}"
+    assert scalars["labeler/fraction"][-1][1] < 1.0  # distillation took over part of the labelling
+
+
+def test_final_video_is_a_playable_mp4(trained_run):
+    (video,) = (trained_run / "videos").glob("final-episode0.mp4")
+    frames = imageio.mimread(video, memtest=False)
+    assert len(frames) >= 8
+    assert frames[0].shape == (48, 64, 3)
+    assert np.std(np.stack(frames).astype(float)) > 1.0  # not a blank picture
+
+
+def test_resume_continues_from_the_latest_checkpoint(trained_run, tmp_path):
+    code = main(["train", "--resume", str(trained_run), "--no-progress", "--no-video", "--set", "agent.total_timesteps=1536"])
+    assert code == 0
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert summary["env_steps"] == 1536
+    assert read_checkpoint_state(list_checkpoints(trained_run)[-1])["num_timesteps"] == 1536
+    # the resumed run keeps its labeller counters and logs into the same TensorBoard run
+    assert summary["labelled_frames"] > 0 and summary["net_fits"] >= 2
+    assert len(list((trained_run / "tb").iterdir())) == 1
+
+
+def test_record_writes_mp4_and_gif_with_reward_overlay(trained_run, tmp_path, capsys):
+    out = tmp_path / "videos"
+    code = main(["record", str(trained_run), "--episodes", "2", "--gif", "--overlay", "learned", "--out", str(out)])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert len(printed["true_returns"]) == 2
+    mp4s, gifs = sorted(out.glob("*.mp4")), sorted(out.glob("*.gif"))
+    assert len(mp4s) == 2 and len(gifs) == 2
+    plain = imageio.mimread(mp4s[0], memtest=False)
+    assert len(plain) == printed["true_returns"][0]  # CartPole pays 1 per step
+    # the overlay draws white text on a black box in the top-left corner
+    corner = np.asarray(plain[0])[4:12, 4:40]
+    assert corner.max() > 200 and corner.min() < 60
+
+
+def test_record_rejects_a_directory_that_is_not_a_run(tmp_path, capsys):
+    assert main(["record", str(tmp_path)]) == 2
+    assert "not a vlmrl run directory" in capsys.readouterr().err
+
+
+def test_eval_reward_oracle_correlates_perfectly(tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = main(
+        [
+            "eval-reward",
+            str(REPO / "configs/cartpole_oracle.yaml"),
+            "--episodes",
+            "3",
+            "--out",
+            str(out),
+            "--set",
+            "env.id=vlmrl/CartPoleFixedLength-v1",
+            "--set",
+            "env.kwargs.episode_length=60",
+            "--set",
+            "env.render_width=64",
+            "--set",
+            "env.render_height=48",
+        ]
+    )
+    assert code == 0
+    result = json.loads((out / "correlation.json").read_text())
+    assert result["frames"] == 180
+    assert result["pearson"] == pytest.approx(1.0) and result["spearman"] == pytest.approx(1.0)
+    assert (out / "scatter.png").stat().st_size > 1000
+
+
+def test_unknown_hyperparameter_is_a_config_error(tmp_path, capsys):
+    code = main(
+        ["train", str(REPO / "configs/cartpole_oracle.yaml"), "--set", f"run.root={tmp_path}", "--set", "agent.hyperparams.learnig_rate=1"]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "learnig_rate" in err and "learning_rate" in err
+
+
+def test_sac_run_checkpoints_its_replay_buffer_and_resumes(tmp_path):
+    overrides = [
+        "agent.total_timesteps=300",
+        f"run.root={tmp_path}",
+        "run.checkpoint_every=200",
+        "run.eval_episodes=1",
+        "run.video_episodes=0",
+        "env.n_envs=1",
+        "env.kwargs.episode_length=100",
+        "agent.hyperparams.learning_starts=100",
+        "agent.hyperparams.buffer_size=5000",
+        "agent.hyperparams.batch_size=64",
+        "agent.hyperparams.train_freq=1",
+        "agent.hyperparams.gradient_steps=1",
+    ]
+    args = ["train", str(REPO / "configs/mountaincar_oracle.yaml"), "--no-progress"]
+    for setting in overrides:
+        args += ["--set", setting]
+    assert main(args) == 0
+    run_dir = only_run_dir(tmp_path)
+    (checkpoint,) = list_checkpoints(run_dir)
+    assert (checkpoint / "replay_buffer.pkl").is_file()
+    assert main(["train", "--resume", str(run_dir), "--no-progress", "--set", "agent.total_timesteps=400"]) == 0
+    assert json.loads((run_dir / "summary.json").read_text())["env_steps"] == 400
