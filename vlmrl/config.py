@@ -95,21 +95,128 @@ class OracleConfig:
 
 
 @dataclass(frozen=True)
+class OpenAIEndpointConfig:
+    """An OpenAI-compatible chat-completions endpoint (vLLM, Ollama, hosted APIs).
+
+    The API key is read from the environment variable ``api_key_env`` only (never from here).
+    """
+
+    base_url: str
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    two_stage: bool = True
+    max_concurrency: int = 4
+    timeout_s: float = 60.0
+    max_retries: int = 5
+
+    def __post_init__(self) -> None:
+        _positive("max_concurrency", self.max_concurrency)
+        _positive("timeout_s", self.timeout_s)
+        _non_negative("max_retries", self.max_retries)
+
+
+@dataclass(frozen=True)
+class HFVlmConfig:
+    """A local transformers vision-language model (hub id or local directory)."""
+
+    model: str
+    two_stage: bool = True
+    batch_size: int = 4
+    max_new_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        _positive("batch_size", self.batch_size)
+        _positive("max_new_tokens", self.max_new_tokens)
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """B-Pref scripted-teacher noise: rationality ``beta`` (null = perfectly rational),
+    ``eps_mistake`` (flip probability), ``eps_equal`` (tie margin), ``eps_skip`` (skip bad pairs)."""
+
+    beta: float | None = None
+    eps_mistake: float = 0.0
+    eps_equal: float = 0.0
+    eps_skip: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("eps_mistake", "eps_equal", "eps_skip"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+
+@dataclass(frozen=True)
+class PreferenceConfig:
+    """Pairwise preferences from a VLM (RL-VLM-F) or the scripted teacher.
+
+    ``store``: the SQLite label store; null = ``labels.sqlite`` in the run directory.
+    """
+
+    goal: str
+    backend: Literal["oracle", "openai", "hf"] = "oracle"
+    store: str | None = None
+    openai: OpenAIEndpointConfig | None = None
+    hf: HFVlmConfig | None = None
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+
+    def __post_init__(self) -> None:
+        if self.backend == "openai" and self.openai is None:
+            raise ValueError("backend is 'openai' but the 'openai' section (base_url, model) is missing")
+        if self.backend == "hf" and self.hf is None:
+            raise ValueError("backend is 'hf' but the 'hf' section (model) is missing")
+
+
+@dataclass(frozen=True)
 class LabelerConfig:
     """Which labeler turns frames into rewards. ``device``: "auto" (CUDA when present), "cpu", "cuda"."""
 
-    kind: Literal["clip", "oracle"]
+    kind: Literal["clip", "oracle", "preference"]
     device: str = "auto"
     clip: ClipConfig | None = None
     oracle: OracleConfig = field(default_factory=OracleConfig)
+    preference: PreferenceConfig | None = None
 
     def __post_init__(self) -> None:
         if self.kind == "clip" and self.clip is None:
             raise ValueError("kind is 'clip' but the 'clip' section (goal_prompts, baseline_prompts, model...) is missing")
+        if self.kind == "preference" and self.preference is None:
+            raise ValueError("kind is 'preference' but the 'preference' section (goal, backend...) is missing")
 
     @property
     def name(self) -> str:
+        if self.kind == "preference":
+            return f"pref-{self.preference.backend}"
         return self.kind
+
+
+@dataclass(frozen=True)
+class PreferenceLearningConfig:
+    """Query schedule and Bradley-Terry reward learning for preference labelers.
+
+    Every ``round_every`` env steps (first at ``first_round_at``) ``pairs_per_round`` pairs of
+    frames are sampled from the newest ``frame_buffer`` frames and labelled, until ``budget``
+    pairs have been asked (unsure/unparseable answers count against it). The ensemble of
+    ``ensemble_size`` nets (``net``: "cnn" on frames, "mlp" on observations) is then refitted.
+    """
+
+    pairs_per_round: int = 50
+    round_every: int = 4000
+    first_round_at: int = 1000
+    budget: int = 2000
+    frame_buffer: int = 10000
+    ensemble_size: int = 3
+    net: Literal["cnn", "mlp"] = "cnn"
+    net_input_size: int = 64
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 3e-4
+
+    def __post_init__(self) -> None:
+        for name in ("pairs_per_round", "round_every", "first_round_at", "budget", "frame_buffer",
+                     "ensemble_size", "net_input_size", "epochs", "batch_size"):
+            _positive(name, getattr(self, name))
+        _positive("lr", self.lr)
 
 
 @dataclass(frozen=True)
@@ -132,6 +239,7 @@ class RewardConfig:
     epochs: int = 3
     batch_size: int = 256
     lr: float = 3e-4
+    preference: PreferenceLearningConfig = field(default_factory=PreferenceLearningConfig)
 
     def __post_init__(self) -> None:
         for name in ("label_every", "warmup_labels", "retrain_every", "buffer_size", "net_input_size", "epochs", "batch_size"):

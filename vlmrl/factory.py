@@ -77,3 +77,49 @@ def make_frame_labeler(config: LabelerConfig, seed: int = 0) -> FrameRewardLabel
             batch_size=clip.batch_size,
         )
     raise ConfigError(f"labeler.kind {config.kind!r} is not a per-frame labeler")
+
+
+def make_preference_labeler(config: LabelerConfig, store_path: str, seed: int = 0):
+    """The pairwise labeler a ``kind: preference`` config names.
+
+    VLM labelers record every answer in the SQLite label store at ``store_path`` (or the
+    config's ``store``), so a restarted run never asks for a stored pair again.
+    """
+    preference = config.preference
+    store = preference.store or store_path
+    if preference.backend == "oracle":
+        from vlmrl.reward_labelers.oracle_teacher import OracleTeacher
+
+        teacher = preference.teacher
+        return OracleTeacher(
+            beta=teacher.beta,
+            eps_mistake=teacher.eps_mistake,
+            eps_equal=teacher.eps_equal,
+            eps_skip=teacher.eps_skip,
+            seed=seed,
+        )
+    if preference.backend == "openai":
+        from vlmrl.reward_labelers.openai_preference import OpenAIPreferenceLabeler
+
+        endpoint = preference.openai
+        return OpenAIPreferenceLabeler(
+            base_url=endpoint.base_url,
+            model=endpoint.model,
+            api_key_env=endpoint.api_key_env,
+            store=store,
+            two_stage=endpoint.two_stage,
+            max_concurrency=endpoint.max_concurrency,
+            timeout_s=endpoint.timeout_s,
+            max_retries=endpoint.max_retries,
+        )
+    from vlmrl.reward_labelers.hf_preference import HFPreferenceLabeler
+
+    hf = preference.hf
+    return HFPreferenceLabeler(
+        model=hf.model,
+        store=store,
+        two_stage=hf.two_stage,
+        device=config.device,
+        batch_size=hf.batch_size,
+        max_new_tokens=hf.max_new_tokens,
+    )
