@@ -82,8 +82,9 @@ def missing_weights_message(model: str, reason: str) -> str:
     return (
         f"cannot load the vision-language model {model!r}: {reason}\n"
         "Provide the weights in one of these ways:\n"
-        f"  1. on a machine with internet: `huggingface-cli download {model}` (or, in Python, "
-        f"`huggingface_hub.snapshot_download({model!r})`), then copy its Hugging Face cache "
+        f"  1. on a machine with internet: `hf download {model}` (`huggingface-cli download {model}` "
+        f"with huggingface_hub < 1.0; in Python `huggingface_hub.snapshot_download({model!r})`), "
+        "then copy its Hugging Face cache "
         "folder (~/.cache/huggingface/hub, or $HF_HUB_CACHE) to the same place here;\n"
         f"  2. or save it to a folder with `huggingface_hub.snapshot_download({model!r}, "
         "local_dir='DIR')` and pass that folder as the model (model=DIR).\n"
@@ -134,16 +135,16 @@ def load_vlm(model: str, device: str, dtype, cache_dir: str | None = None):
         raise MissingWeightsError(missing_weights_message(model, f"no model folder at {local}"))
     else:
         source = model
-        # Offline, fail before transformers' longer error chain, with the fix in the message.
-        if constants.is_offline_mode():
-            try:
-                cached = try_to_load_from_cache(model, "config.json", cache_dir=cache_dir)
-            except HFValidationError as error:
-                raise MissingWeightsError(missing_weights_message(model, str(error))) from error
-            if not isinstance(cached, str):
+        try:
+            cached = try_to_load_from_cache(model, "config.json", cache_dir=cache_dir)
+        except HFValidationError as error:
+            raise MissingWeightsError(missing_weights_message(model, str(error))) from error
+        if not isinstance(cached, str):
+            if constants.is_offline_mode():
                 raise MissingWeightsError(
                     missing_weights_message(model, "HF_HUB_OFFLINE is set and it is not in the Hugging Face cache")
                 )
+            _check_hub_reachable(model)
     try:
         processor = AutoProcessor.from_pretrained(source, cache_dir=cache_dir)
         network = AutoModelForImageTextToText.from_pretrained(source, cache_dir=cache_dir, dtype=dtype)
@@ -154,8 +155,24 @@ def load_vlm(model: str, device: str, dtype, cache_dir: str | None = None):
     # (install-notes): its answers would be garbage, so refuse it.
     if tokenizer is None or len(tokenizer) < 100:
         size = None if tokenizer is None else len(tokenizer)
-        raise MissingWeightsError(missing_weights_message(model, f"its tokenizer is missing or broken (vocabulary {size})"))
+        reason = f"its tokenizer is missing or broken (vocabulary {size})"
+        raise MissingWeightsError(missing_weights_message(model, reason))
     return processor, network.to(device).eval()
+
+
+def _check_hub_reachable(model: str) -> None:
+    """Raise MissingWeightsError at once when ``model`` is not cached and the hub cannot serve it.
+
+    Without this, transformers retries every file with backoff: minutes of waiting on a
+    machine without internet before the same conclusion.
+    """
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().model_info(model, timeout=10)
+    except Exception as error:  # network, HTTP, auth: all mean "cannot download it from here"
+        reason = f"it is not in the Hugging Face cache and the hub did not answer ({type(error).__name__}: {error})"
+        raise MissingWeightsError(missing_weights_message(model, reason)) from error
 
 
 @dataclass
@@ -261,6 +278,10 @@ class HFPreferenceLabeler(PreferenceLabeler):
         identical_threshold: see ``PreferenceLabeler``.
         thumbnail_size: see ``PreferenceLabeler``.
 
+    ``stats.requests`` counts model turns (2 per pair in two-stage mode, 1 in single-stage).
+    The store key names the model by the ``model`` string as given, so a hub id and a local copy
+    of the same weights keep separate labels.
+
     Raises:
         MissingWeightsError: the weights are not available locally and cannot be downloaded.
     """
@@ -293,6 +314,10 @@ class HFPreferenceLabeler(PreferenceLabeler):
             missing = [p for p in needed if p not in template]
             if missing:
                 raise ValueError(f"{name} lacks the placeholder(s) {', '.join(missing)}")
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.processor, self.model = load_vlm(model, self.device, self.dtype, cache_dir)
+        logger.info("loaded %s on %s in %s", model, self.device, self.dtype)
         # One worker thread per batch slot: the batcher turns their single-pair asks into batches.
         super().__init__(store, batch_size, identical_threshold, thumbnail_size)
         self.model_name = model
@@ -303,9 +328,6 @@ class HFPreferenceLabeler(PreferenceLabeler):
         self.analysis_prompt = analysis_prompt
         self.labelling_prompt = labelling_prompt
         self.single_stage_prompt = single_stage_prompt
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
-        self.processor, self.model = load_vlm(model, self.device, self.dtype, cache_dir)
         # Decoder-only batches must be padded on the left so every row's answer starts at the end.
         self.processor.tokenizer.padding_side = "left"
         if self.processor.tokenizer.pad_token_id is None:

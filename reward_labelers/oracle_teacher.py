@@ -42,7 +42,9 @@ class OracleTeacher:
     """Preferences between two frames (or segments) from their true rewards, with B-Pref noise.
 
     Deterministic given ``seed`` and the sequence of calls: every call draws the same number of
-    random numbers per pair, whatever the knobs select.
+    random numbers per pair, whatever the knobs select. It keeps no label store (its labels
+    cost nothing and follow from the rewards and the seed) and never skips identical frames:
+    it only reads the rewards.
 
     Args:
         beta: Bradley-Terry rationality (> 0), or None for a perfectly rational teacher.

@@ -8,6 +8,7 @@ out) or hand-set weights that always reply one known character.
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -219,7 +220,7 @@ def test_missing_local_folder_says_how_to_provide_weights(tmp_path: Path) -> Non
     with pytest.raises(MissingWeightsError, match="no model folder") as info:
         HFPreferenceLabeler(str(tmp_path / "nowhere"))
     message = str(info.value)
-    assert "huggingface-cli download" in message and "snapshot_download" in message
+    assert "hf download" in message and "snapshot_download" in message
     assert isinstance(info.value, UserError)
 
     (tmp_path / "empty").mkdir()
@@ -234,7 +235,27 @@ def test_uncached_hub_id_offline_is_a_missing_weights_error(tmp_path: Path, monk
         HFPreferenceLabeler("Qwen/Qwen2.5-VL-3B-Instruct", cache_dir=str(tmp_path / "hf-cache"))
     message = str(info.value)
     assert "'Qwen/Qwen2.5-VL-3B-Instruct'" in message and "not in the Hugging Face cache" in message
-    assert "huggingface-cli download Qwen/Qwen2.5-VL-3B-Instruct" in message
+    assert "hf download Qwen/Qwen2.5-VL-3B-Instruct" in message
+
+
+def test_hub_id_loads_from_the_hf_cache_offline(
+    scripted_model: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, reply = scripted_model
+    # The layout `hf download` leaves in the cache: refs/main names the snapshot folder.
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf-cache" / "models--vlmrl-test--tiny-qwen2-vl"
+    shutil.copytree(path, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    labeler = HFPreferenceLabeler(
+        "vlmrl-test/tiny-qwen2-vl", cache_dir=str(tmp_path / "hf-cache"), two_stage=False, max_new_tokens=4
+    )
+    assert labeler.config["model"] == "vlmrl-test/tiny-qwen2-vl"
+    labels = labeler.compare(*frame_pairs(2, seed=5), GOAL)
+    np.testing.assert_array_equal(labels, np.full(2, 1.0 if reply == "0" else 0.0, np.float32))
 
 
 def test_prompts_without_placeholders_are_rejected_before_loading() -> None:

@@ -117,7 +117,8 @@ def test_deterministic_given_the_seed() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"beta": 0.0}, {"gamma": 0.0}, {"gamma": 1.5}, {"eps_mistake": -0.1}, {"eps_skip": 2.0}, {"return_scale": 0.0}]
+    "kwargs",
+    [{"beta": 0.0}, {"gamma": 0.0}, {"gamma": 1.5}, {"eps_mistake": -0.1}, {"eps_skip": 2.0}, {"return_scale": 0.0}],
 )
 def test_rejects_out_of_range_knobs(kwargs: dict) -> None:
     with pytest.raises(ValueError):

@@ -157,23 +157,24 @@ def save_tiny_hf_siglip(directory: str | Path, *, seed: int = 0) -> str:
     Returns:
         The model folder: pass it as ``model`` with ``backend="transformers"``.
     """
-    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipTextConfig
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = clip_bpe_tokenizer()
+    text_config = SiglipTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=16,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
     config = SiglipConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "max_position_embeddings": 16,
-            "pad_token_id": tokenizer.pad_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-            "bos_token_id": tokenizer.bos_token_id,
-        },
+        text_config=text_config.to_dict(),
         vision_config={
             "image_size": TINY_IMAGE_SIZE,
             "patch_size": 16,

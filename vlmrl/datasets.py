@@ -355,7 +355,8 @@ class _NpzArrays:
                 extra_length = int.from_bytes(header[28:30], "little")
                 file.seek(info.header_offset + 30 + name_length + extra_length)
                 version = np.lib.format.read_magic(file)
-                shape, fortran, dtype = np.lib.format._read_array_header(file, version)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read_header(file)
                 offset = file.tell()
             if not dtype.hasobject and not fortran:
                 return np.memmap(self._path, dtype=dtype, mode="r", shape=shape, offset=offset)
@@ -453,7 +454,7 @@ def read_frames(
     while position < stop:
         local = position - int(starts[episode])
         take = min(stop - position, counts[episode] - local)
-        parts.append(np.asarray(dataset.frames(episode, frames_key)[local : local + take]))
+        parts.append(np.array(dataset.frames(episode, frames_key)[local : local + take]))  # a writable copy
         position += take
         episode += 1
     return np.concatenate(parts) if len(parts) > 1 else parts[0]

@@ -147,17 +147,12 @@ def load_relabel_config(path: str | Path, overrides: list[str] | tuple[str, ...]
     data = load_yaml(path)
     apply_overrides(data, list(overrides), str(path))
     source = str(path)
-    sections = {}
+    # The lead's ClipConfig / OracleConfig sections are built first, then passed through as-is.
     for name, cls in (("clip", ClipConfig), ("oracle", OracleConfig)):
         if data.get(name) is not None:
-            sections[name] = build_dataclass(cls, data.pop(name), source, f"{name}.")
-    config = build_dataclass(RelabelConfig, data, source)
-    if "oracle" not in sections:
-        sections["oracle"] = OracleConfig()
-    try:
-        return dataclasses.replace(config, **sections)
-    except ValueError as error:
-        raise ConfigError(f"{source}: {error}") from error
+            data[name] = build_dataclass(cls, data[name], source, f"{name}.")
+    data.setdefault("oracle", OracleConfig())
+    return build_dataclass(RelabelConfig, data, source)
 
 
 def config_dict(config: RelabelConfig) -> dict[str, Any]:
@@ -540,7 +535,9 @@ def _fit_preference_model(dataset: Any, config: RelabelConfig, index: FrameIndex
         "pairs_discarded": int((~keep).sum()),
         "ties": int((labels_all == 0.5).sum()),
     }
-    metrics = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in fit.metrics().items()}
+    # Wall-clock time is left out: the metadata must not depend on when or how fast it ran.
+    metrics = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in fit.metrics().items()
+               if "second" not in k}
     info = {"label_store": str(store_path.resolve()), "counts": counts, "reward_fit": metrics,
             "teacher": repr(labeler)}
     _atomic_write_bytes(summary_path, json.dumps(info, sort_keys=True).encode())

@@ -5,6 +5,10 @@ called again and again on a growing dataset inside an RL loop. Each ensemble mem
 training data in its own random order. A held-out fraction (drawn afresh on every call from
 ``seed``) is never trained on in that call and gives the reported held-out metrics; across calls
 it may overlap data trained on earlier, so treat it as a diagnostic, not a test set.
+
+The first fit of an MLP model also fixes its state standardisation (see
+:meth:`RewardModel.set_state_normaliser`). Training uses however many torch threads the process
+allows; on a small shared CPU, ``torch.set_num_threads(1)`` can be several times faster.
 """
 
 from __future__ import annotations

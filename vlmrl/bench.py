@@ -1,0 +1,225 @@
+"""``vlmrl bench``: throughput and memory measurements (never timed tests).
+
+- ``bench clip``: rendering, CLIP image encoder alone, full CLIP labelling (preprocess + encode
+  + reward) and the distilled reward net, in frames/s per batch size, with peak memory.
+- ``bench train``: env steps/s of online training when every step is labelled versus
+  label-every-k with a distilled reward net.
+- ``bench labels``: preference pairs/s against an OpenAI-compatible endpoint per concurrency.
+- ``bench relabel``: offline relabelling frames/s and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+CLIP_HELP = """\
+Measures, per batch size: rendering frames/s (the env's rgb_array renderer), image-encoder-only
+frames/s (model forward on preprocessed tensors), full labelling frames/s (uint8 frames ->
+preprocess -> encode -> goal-baseline reward), reward-net frames/s (distilled CNN), and peak
+memory. Throughput does not depend on the weights' values, so --pretrained defaults to random
+weights of the named architecture (no download needed); pass a tag or checkpoint to load real ones.
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("bench", help="measure throughput and memory (CLIP, training, labels, relabel)", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    benches = parser.add_subparsers(dest="bench", metavar="BENCH", required=True)
+
+    clip = benches.add_parser("clip", help="CLIP labelling vs encoder vs reward net vs rendering", description=CLIP_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    clip.add_argument("--model", default="ViT-B-32", help="open_clip model name or transformers id/dir (default: ViT-B-32)")
+    clip.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint path (default: random weights)")
+    clip.add_argument("--backend", choices=("open_clip", "transformers"), default="open_clip")
+    clip.add_argument("--batch-sizes", default="1,16,64", help="comma-separated batch sizes (default: 1,16,64)")
+    clip.add_argument("--env", default="vlmrl/CartPoleFixedLength-v1", help="env whose frames are rendered and labelled")
+    clip.add_argument("--size", type=int, default=224, help="render size in pixels, square (default: 224)")
+    clip.add_argument("--repeats", type=int, default=3, help="timed repetitions per measurement; the best is kept")
+    clip.add_argument("--device", default="auto")
+    clip.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    clip.set_defaults(func=run_clip_bench)
+
+    train = benches.add_parser("train", help="env steps/s: label every step vs label-every-k + distillation")
+    train.add_argument("--config", default="configs/cartpole_clip.yaml", help="online config to benchmark")
+    train.add_argument("--pretrained", default=None, help="CLIP weights (default: random weights of the config's model)")
+    train.add_argument("--steps", type=int, default=2048, help="env steps per measured run")
+    train.add_argument("--label-every", type=int, default=8)
+    train.add_argument("--json", action="store_true")
+    train.set_defaults(func=run_train_bench)
+
+    labels = benches.add_parser("labels", help="preference pairs/s against an OpenAI-compatible endpoint")
+    labels.add_argument("--endpoint", required=True, help="base URL, e.g. http://127.0.0.1:8000/v1")
+    labels.add_argument("--model", default="test-vlm")
+    labels.add_argument("--concurrency", default="1,4,16", help="comma-separated concurrency levels")
+    labels.add_argument("--pairs", type=int, default=32, help="pairs per level")
+    labels.add_argument("--frame-size", type=int, default=64, help="frame side in pixels")
+    labels.set_defaults(func=run_labels_bench)
+
+    relabel = benches.add_parser("relabel", help="offline relabelling frames/s and peak RSS")
+    relabel.add_argument("--frames", type=int, default=100_000)
+    relabel.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help=argparse.SUPPRESS)
+    relabel.set_defaults(func=run_relabel_bench_command)
+
+
+def parse_ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def best_rate(work: Callable[[], int], repeats: int) -> float:
+    """Items per second of the fastest of ``repeats`` runs of ``work`` (which returns its item count)."""
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        items = work()
+        best = max(best, items / (time.perf_counter() - start))
+    return best
+
+
+def peak_memory_mb(device) -> float:
+    import torch
+
+    if getattr(device, "type", "cpu") == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def render_frames(env_id: str, size: int, count: int) -> tuple[np.ndarray, float]:
+    """``count`` frames of a random rollout and the rendering rate in frames/s."""
+    import gymnasium as gym
+
+    import vlmrl.envs  # noqa: F401
+
+    env = gym.make(env_id, render_mode="rgb_array", render_width=size, render_height=size)
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    frames = []
+    start = time.perf_counter()
+    for _ in range(count):
+        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        frames.append(env.render())
+        if terminated or truncated:
+            env.reset()
+    rate = count / (time.perf_counter() - start)
+    env.close()
+    return np.stack(frames), rate
+
+
+def run_clip_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from vlmrl.reward_labelers import ClipRewardLabeler
+    from vlmrl.reward_nets import RewardModel, RewardNetConfig
+
+    batch_sizes = parse_ints(args.batch_sizes)
+    frames, render_rate = render_frames(args.env, args.size, max(batch_sizes) * 2)
+    labeler = ClipRewardLabeler(
+        model=args.model,
+        pretrained=args.pretrained,
+        goal_prompts=["pole vertically upright on top of the cart"],
+        baseline_prompts=["pole and cart"],
+        alpha=0.5,
+        device=args.device,
+        backend=args.backend,
+        batch_size=max(batch_sizes),
+    )
+    net = RewardModel(RewardNetConfig(kind="cnn", input_size=64), device=args.device)
+    rows = []
+    for batch_size in batch_sizes:
+        batch = frames[:batch_size]
+        pixels = labeler.preprocess(batch)
+
+        def encode() -> int:
+            with torch.inference_mode(), labeler._autocast():
+                labeler.backend.encode_images(pixels)
+            return batch_size
+
+        encoder_rate = best_rate(encode, args.repeats)
+        label_rate = best_rate(lambda: len(labeler.label(batch)), args.repeats)
+        net_rate = best_rate(lambda: len(net.predict(batch)), args.repeats)
+        rows.append(
+            {
+                "batch_size": batch_size,
+                "render_fps": round(render_rate, 1),
+                "encoder_fps": round(encoder_rate, 1),
+                "label_fps": round(label_rate, 1),
+                "label_vs_encoder": round(label_rate / encoder_rate, 3),
+                "reward_net_fps": round(net_rate, 1),
+                "net_vs_clip": round(net_rate / label_rate, 1),
+                "peak_mem_mb": round(peak_memory_mb(labeler.device), 1),
+            }
+        )
+    print_rows(rows, args.json, f"model={args.model} pretrained={args.pretrained or 'random'} device={labeler.device} frames={args.size}x{args.size} torch_threads={torch.get_num_threads()}")
+    return 0
+
+
+def run_train_bench(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from vlmrl.config import load_config
+    from vlmrl.runs import create_run_dir
+    from vlmrl.train import train_online
+
+    rows = []
+    with tempfile.TemporaryDirectory() as root:
+        common = [f"agent.total_timesteps={args.steps}", f"run.root={root}", "run.eval_episodes=0", "run.video_episodes=0", f"run.checkpoint_every={10 * args.steps}"]
+        if args.pretrained is not None:
+            common.append(f"labeler.clip.pretrained={args.pretrained}")
+        else:
+            common.append("labeler.clip.pretrained=null")
+        settings = {
+            "label every step": ["reward.distill=false", "reward.label_every=1"],
+            f"label every {args.label_every} + distil": ["reward.distill=true", f"reward.label_every={args.label_every}", f"reward.warmup_labels={args.steps // 8}", f"reward.retrain_every={args.steps // 2}"],
+        }
+        for name, overrides in settings.items():
+            config = load_config(args.config, common + overrides)
+            summary = train_online(config, create_run_dir(config), resume=False, progress_bar=False, video=False)
+            rows.append(
+                {
+                    "setting": name,
+                    "env_steps": summary["env_steps"],
+                    "seconds": summary["train_seconds"],
+                    "env_steps_per_s": round(summary["env_steps"] / summary["train_seconds"], 1),
+                    "labelled_frames": summary["labelled_frames"],
+                }
+            )
+    rows[1]["speedup"] = round(rows[1]["env_steps_per_s"] / rows[0]["env_steps_per_s"], 2)
+    print_rows(rows, args.json, f"config={args.config} steps={args.steps}")
+    return 0
+
+
+def run_labels_bench(args: argparse.Namespace) -> int:
+    from vlmrl.bench_labels import format_label_bench, run_label_bench
+
+    rows = run_label_bench(args.endpoint, args.model, parse_ints(args.concurrency), n_pairs=args.pairs, frame_size=(args.frame_size, args.frame_size))
+    print(format_label_bench(rows))
+    return 0
+
+
+def run_relabel_bench_command(args: argparse.Namespace) -> int:
+    from vlmrl.errors import UserError
+
+    try:
+        from vlmrl.relabel import run_relabel_bench
+    except ImportError as error:
+        raise UserError("bench relabel needs the offline extra: pip install 'vlmrl[offline]'") from error
+    rows = run_relabel_bench(frames=args.frames)
+    print_rows(rows, False, f"frames={args.frames}")
+    return 0
+
+
+def print_rows(rows: list[dict], as_json: bool, header: str) -> None:
+    if as_json:
+        print(json.dumps({"setup": header, "rows": rows}, indent=2))
+        return
+    print(header)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    widths = [max(len(c), *(len(str(row.get(c, ""))) for row in rows)) for c in columns]
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+    for row in rows:
+        print("  ".join(str(row.get(c, "")).rjust(w) for c, w in zip(columns, widths)))
+    sys.stdout.flush()
