@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install vlmrl into ./.venv on a fresh Debian/Ubuntu machine (Python 3.11, CPU or NVIDIA GPU).
+#   - system libraries for headless rendering (OSMesa for MuJoCo on CPU, EGL on GPU), via apt
+#     when it is available and we are root;
+#   - the package with its exact pins and the test/offline/transformers extras.
+# Usage: bash install.sh            (then: . .venv/bin/activate)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends \
+    libosmesa6 libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 libopengl0 >/dev/null
+elif ! ldconfig -p 2>/dev/null | grep -q libOSMesa; then
+  echo "note: libOSMesa not found; install libosmesa6 (or set MUJOCO_GL=egl on a GPU machine) for MuJoCo rendering" >&2
+fi
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade "pip>=24"
+.venv/bin/python -m pip install --quiet -e ".[dev]"
+.venv/bin/python -m pip check
+echo "vlmrl installed in .venv: activate it with  . .venv/bin/activate"
