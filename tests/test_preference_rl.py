@@ -212,7 +212,7 @@ def test_sac_replay_buffer_is_relabelled_with_the_new_reward_model(tmp_path):
 
     venv = DummyVecEnv([build])
     venv.seed(0)
-    schedule = PreferenceSchedule(pairs_per_round=40, round_every=150, first_round_at=150, budget=120,
+    schedule = PreferenceSchedule(pairs_per_round=40, round_every=120, first_round_at=120, budget=120,
                                   frame_buffer=1000, net="mlp", epochs=3, ensemble_size=2)
     env, callbacks = build_preference_env(venv, OracleTeacher(), "swing the pendulum up", schedule, "sac", device="cpu")
     relabel = next(c for c in callbacks if isinstance(c, SACReplayRelabelCallback))

@@ -69,7 +69,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--baselines",
         default="",
-        help="offline configs only: comma-separated baselines trained by the same command (bc, iql-gt)",
+        help="offline configs only: comma-separated baselines trained by the same command (bc, iql-gt); "
+        "default: the config's list",
     )
     parser.add_argument("--seeds", default="", help="offline configs only: comma-separated seeds, e.g. 0,1,2")
     parser.set_defaults(func=run)
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         if _is_offline(args.config):
             from vlmrl.offline_train import run_offline_training
 
-            baselines = [b for b in args.baselines.split(",") if b]
+            baselines = [b for b in args.baselines.split(",") if b] or None  # None: the config's list
             seeds = [int(s) for s in args.seeds.split(",") if s] or None
             run_offline_training(args.config, args.overrides, baselines, seeds)
             return 0
