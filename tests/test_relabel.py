@@ -119,6 +119,44 @@ def test_clip_relabel_scores_every_frame(root, tmp_path):
         np.testing.assert_allclose(relabelled.episode(i).rewards, labeler.label(frames[:-1]), rtol=1e-4, atol=1e-5)
 
 
+def test_data_collector_dataset_with_image_observations_relabels_through_the_cli(root, tmp_path):
+    """A dataset recorded by minari's own DataCollector (dict observations with rendered pixels)."""
+    import gymnasium as gym
+    import minari
+    from minari import DataCollector
+
+    from vlmrl.datasets import open_dataset
+
+    env = gym.make("Pendulum-v1", render_mode="rgb_array")
+    env.unwrapped.screen_dim = 48  # Pendulum draws on a screen_dim x screen_dim canvas
+    collector = DataCollector(gym.wrappers.AddRenderObservation(env, render_only=False))
+    collector.reset(seed=5)
+    for episode in range(2):
+        for _ in range(10):
+            collector.step(collector.action_space.sample())
+        collector.reset(seed=6 + episode)
+    collector.create_dataset("pendulum/pixels-v0", algorithm_name="random", author="vlmrl tests",
+                             author_email="tests@vlmrl", code_permalink="tests/test_relabel.py",
+                             description="random Pendulum with rendered pixels")
+    collector.close()
+
+    config = write_yaml(tmp_path / "oracle.yaml", "kind: oracle\nchunk_size: 4\n")
+    assert main(["relabel", "pendulum/pixels-v0", "--labeler", str(config), "--out", "pendulum/pixels-oracle-v0",
+                 "--frames-key", "pixels", "--no-progress"]) == 0
+    source = minari.load_dataset("pendulum/pixels-v0")
+    relabelled = open_dataset("pendulum/pixels-oracle-v0")
+    assert relabelled.num_episodes == 2
+    for i, episode in enumerate(source.iterate_episodes()):
+        state = episode.observations["state"]
+        # Pendulum's reward from the state before each step and the action, computed here.
+        theta, speed = np.arctan2(state[:-1, 1], state[:-1, 0]), state[:-1, 2]
+        expected = -(theta**2 + 0.1 * speed**2 + 0.001 * episode.actions[:, 0] ** 2)
+        np.testing.assert_allclose(relabelled.episode(i).rewards, expected, rtol=1e-5, atol=1e-5)
+        pixels = np.asarray(relabelled.frames(i, "pixels"))
+        assert pixels.shape == (11, 48, 48, 3) and pixels.dtype == np.uint8
+        np.testing.assert_array_equal(pixels, episode.observations["pixels"])
+
+
 def _bad_input_cases(root: Path, tmp_path: Path) -> list[tuple[str, list[str], str]]:
     """(name, extra argv, expected message fragment); each case prepares its own source dataset."""
     from vlmrl.reward_nets import RewardModel, RewardNetConfig
