@@ -15,11 +15,8 @@ def test_ppo_through_the_labelled_reward_wrapper_solves_cartpole(tmp_path):
     """Standard CartPole-v1, the labeler replaced by the true reward (oracle), PPO: mean >= 400."""
     overrides = {
         "env.id": "vlmrl/CartPole-v1",
-        "env.n_envs": 8,
         "reward.distill": "false",
-        "reward.label_every": 1,
         "agent.total_timesteps": 100_000,
-        "agent.hyperparams": "{n_steps: 32, batch_size: 256, gae_lambda: 0.8, gamma: 0.98, n_epochs: 20, ent_coef: 0.0, learning_rate: 0.001, clip_range: 0.2}",
         "run.root": str(tmp_path),
         "run.eval_episodes": 10,
         "run.checkpoint_every": 50_000,

@@ -25,6 +25,8 @@ def short_run_overrides(root: Path, steps: int) -> list[str]:
         "env.n_envs=2",
         "agent.hyperparams.n_steps=128",
         "agent.hyperparams.batch_size=64",
+        "reward.distill=true",
+        "reward.label_every=4",
         "agent.hyperparams.n_epochs=2",
         "reward.warmup_labels=128",
         "reward.retrain_every=256",

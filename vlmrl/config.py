@@ -274,9 +274,13 @@ class RunConfig:
     video_episodes: int = 1
     video_every: int = 0
     video_size: int = 0
+    # CPU threads for torch; 0 keeps torch's default (all cores). 1 is often faster for small
+    # nets (policy MLP, reward CNN) and avoids collapse when other processes share the cores.
+    torch_threads: int = 0
 
     def __post_init__(self) -> None:
         _positive("checkpoint_every", self.checkpoint_every)
+        _non_negative("torch_threads", self.torch_threads)
         _non_negative("eval_episodes", self.eval_episodes)
         _non_negative("video_episodes", self.video_episodes)
         _non_negative("video_every", self.video_every)

@@ -141,6 +141,10 @@ def train_online(config: ExperimentConfig, run_dir: Path, resume: bool, progress
 
     seed = config.run.seed
     set_random_seed(seed)
+    if config.run.torch_threads:
+        import torch
+
+        torch.set_num_threads(config.run.torch_threads)
     labeler = make_frame_labeler(config.labeler, seed=seed)
     reward_model = None
     if config.reward.distill:
