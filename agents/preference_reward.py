@@ -45,7 +45,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import contextlib
-import logging
 import math
 import time
 from collections.abc import Iterator
@@ -64,7 +63,6 @@ from vlmrl.errors import ConfigError
 from vlmrl.reward_learning import FitResult, fit_bradley_terry
 from vlmrl.reward_nets import RewardModel, RewardNetConfig, downsample_frames
 
-logger = logging.getLogger(__name__)
 
 PAIRS_FILE = "preference_pairs.npz"
 STATE_FILE = "preference_state.json"
@@ -403,9 +401,9 @@ class PreferenceRewardVecEnv(VecEnvWrapper):
         observations, env_rewards, dones, infos = self.venv.step_wait()
         true_rewards = np.array([info.get("true_reward", r) for info, r in zip(infos, env_rewards)], dtype=np.float32)
         truncated = np.array([info.get("TimeLimit.truncated", False) for info in infos], dtype=bool)
-        inputs = self._net_inputs(observations, dones, infos)
-        frames = self._frames(infos) if self.labeler_reads_frames else None
-        self.ring.add(inputs, frames, true_rewards, dones.astype(bool), dones.astype(bool) & ~truncated)
+        frames = self._frames(infos) if self.labeler_reads_frames or self.reward_model.config.kind == "cnn" else None
+        inputs = self._net_inputs(observations, frames, dones, infos)
+        self.ring.add(inputs, frames if self.labeler_reads_frames else None, true_rewards, dones.astype(bool), dones.astype(bool) & ~truncated)
         self.vector_steps += 1
 
         if self.budget_left > 0 and self.env_steps >= self.next_round_at:
@@ -429,10 +427,10 @@ class PreferenceRewardVecEnv(VecEnvWrapper):
         except KeyError as error:
             raise RuntimeError("info has no 'frame': wrap each sub-env in FrameInInfo(capture_frames=True)") from error
 
-    def _net_inputs(self, observations: Any, dones: np.ndarray, infos: list[dict]) -> np.ndarray:
+    def _net_inputs(self, observations: Any, frames: np.ndarray | None, dones: np.ndarray, infos: list[dict]) -> np.ndarray:
         """The net's input for each sub-env's step: uint8 ``[n_envs, S, S, 3]`` or float32 ``[n_envs, obs_dim]``."""
         if self.reward_model.config.kind == "cnn":
-            return downsample_frames(self._frames(infos), self.reward_model.config.input_size)
+            return downsample_frames(frames, self.reward_model.config.input_size)
         if not isinstance(observations, np.ndarray):
             raise TypeError("the mlp reward net needs array observations (not dict observations)")
         states = np.array(observations, dtype=np.float32).reshape(self.num_envs, -1)

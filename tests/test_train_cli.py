@@ -20,6 +20,7 @@ def short_run_overrides(root: Path, steps: int) -> list[str]:
         f"run.root={root}",
         "run.checkpoint_every=512",
         "run.eval_episodes=2",
+        "run.torch_threads=1",
         "env.render_width=64",
         "env.render_height=48",
         "env.n_envs=2",

@@ -198,6 +198,8 @@ class PreferenceLearningConfig:
     frames are sampled from the newest ``frame_buffer`` frames and labelled, until ``budget``
     pairs have been asked (unsure/unparseable answers count against it). The ensemble of
     ``ensemble_size`` nets (``net``: "cnn" on frames, "mlp" on observations) is then refitted.
+    ``segment_length`` > 1 compares B-Pref segments (the next H steps) instead of single frames
+    (1 = RL-VLM-F); the scripted teacher needs it where single steps all pay the same reward.
     """
 
     pairs_per_round: int = 50
@@ -211,10 +213,11 @@ class PreferenceLearningConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 3e-4
+    segment_length: int = 1
 
     def __post_init__(self) -> None:
         for name in ("pairs_per_round", "round_every", "first_round_at", "budget", "frame_buffer",
-                     "ensemble_size", "net_input_size", "epochs", "batch_size"):
+                     "ensemble_size", "net_input_size", "epochs", "batch_size", "segment_length"):
             _positive(name, getattr(self, name))
         _positive("lr", self.lr)
 

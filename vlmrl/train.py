@@ -123,6 +123,8 @@ def _resume_overrides(config: ExperimentConfig, overrides: list[str], run_dir: P
 
 def train_online(config: ExperimentConfig, run_dir: Path, resume: bool, progress_bar: bool = True, video: bool = True) -> dict[str, Any]:
     """Train (or continue) an online run in ``run_dir``; return a summary dict (also saved)."""
+    if config.labeler.kind == "preference":
+        return train_online_preference(config, run_dir, resume, progress_bar=progress_bar, video=video)
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.utils import set_random_seed
@@ -234,6 +236,128 @@ def train_online(config: ExperimentConfig, run_dir: Path, resume: bool, progress
         summary["eval"] = evaluate_policy_true_return(config, model, config.run.eval_episodes)
     if video and config.run.video_episodes:
         paths = _record_video(config, model, reward_model, labeler, run_dir / "videos", "final")
+        summary["videos"] = [str(p) for p in paths]
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+# --- preference labelers (RL-VLM-F / PEBBLE): labeler.kind == "preference" ---
+
+
+def train_online_preference(
+    config: ExperimentConfig, run_dir: Path, resume: bool, progress_bar: bool = True, video: bool = True
+) -> dict[str, Any]:
+    """``train_online`` for ``labeler.kind: preference``: RL-VLM-F rewards learned from pairwise
+    labels (VLM or scripted teacher), with PEBBLE replay relabelling under SAC."""
+    import math
+    from types import SimpleNamespace
+
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import CallbackList
+    from stable_baselines3.common.utils import set_random_seed
+
+    from vlmrl.agents.preference_reward import (
+        PreferenceSchedule,
+        build_preference_env,
+        preference_needs_frames,
+        restore_preference_checkpoint,
+        save_preference_checkpoint,
+    )
+    from vlmrl.agents.sb3_agents import build_agent, load_agent
+    from vlmrl.agents.training_callbacks import PeriodicCallback
+    from vlmrl.factory import make_preference_labeler, make_vec_env
+    from vlmrl.runs import checkpoint_dir, finish_checkpoint, latest_checkpoint
+
+    seed = config.run.seed
+    set_random_seed(seed)
+    if config.run.torch_threads:
+        import torch
+
+        torch.set_num_threads(config.run.torch_threads)
+    labeler = make_preference_labeler(config.labeler, str(run_dir / "labels.sqlite"), seed=seed)
+    schedule = PreferenceSchedule.from_config(config.reward.preference)
+    venv = make_vec_env(config.env, seed, capture_frames=preference_needs_frames(labeler, schedule))
+    algo = config.agent.algo
+    preference_env, preference_callbacks = build_preference_env(
+        venv, labeler, config.labeler.preference.goal, schedule, algo, seed=seed, device=config.labeler.device
+    )
+    try:
+        if resume:
+            checkpoint = latest_checkpoint(run_dir)
+            if checkpoint is None:
+                raise UserError(f"{run_dir} has no complete checkpoint to resume from")
+            model = load_agent(algo, checkpoint / "model.zip", preference_env, config.agent.device)
+            if isinstance(model, SAC) and (checkpoint / "replay_buffer.pkl").is_file():
+                model.load_replay_buffer(checkpoint / "replay_buffer.pkl")
+            restore_preference_checkpoint(checkpoint, preference_env, preference_callbacks)
+            print(f"resuming from {checkpoint} at step {model.num_timesteps}")
+        else:
+            try:
+                model = build_agent(
+                    algo,
+                    preference_env,
+                    policy=config.agent.policy,
+                    hyperparams=plain_dict(config.agent.hyperparams),
+                    seed=seed,
+                    device=config.agent.device,
+                    tensorboard_dir=run_dir / "tb",
+                )
+            except ValueError as error:
+                raise ConfigError(f"agent.hyperparams: {error}") from error
+
+        def save_checkpoint(step: int) -> None:
+            directory = checkpoint_dir(run_dir, step)
+            directory.mkdir(parents=True, exist_ok=True)
+            model.save(directory / "model.zip")
+            if isinstance(model, SAC):
+                model.save_replay_buffer(directory / "replay_buffer.pkl")
+            save_preference_checkpoint(directory, preference_env, preference_callbacks)
+            finish_checkpoint(directory, {"num_timesteps": int(model.num_timesteps)})
+
+        # The video scorer takes frames: the learned reward only when the net reads frames.
+        video_net = preference_env.reward_model if schedule.net == "cnn" else None
+        no_frame_labeler = SimpleNamespace(needs_frames=False)
+        callbacks = [*preference_callbacks, PeriodicCallback(config.run.checkpoint_every, save_checkpoint)]
+        if config.run.video_every and video:
+            callbacks.append(
+                PeriodicCallback(
+                    config.run.video_every,
+                    lambda step: _record_video(config, model, video_net, no_frame_labeler, run_dir / "videos", f"step{step}"),
+                )
+            )
+        remaining = config.agent.total_timesteps - model.num_timesteps
+        start = time.perf_counter()
+        if remaining > 0:
+            model.learn(
+                total_timesteps=remaining,
+                callback=CallbackList(callbacks),
+                reset_num_timesteps=not resume,
+                tb_log_name=algo.upper(),
+                progress_bar=progress_bar,
+            )
+        train_seconds = time.perf_counter() - start
+        model.save(run_dir / "model.zip")
+        preference_env.reward_model.save(run_dir / "reward_net")
+    finally:
+        preference_env.close()
+
+    stats = preference_env.stats
+    summary: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "env_steps": int(model.num_timesteps),
+        "train_seconds": round(train_seconds, 2),
+        "pairs_asked": stats.asked,
+        "pairs_labelled": stats.labelled,
+        "query_rounds": stats.rounds,
+        "reward_fits": stats.fits,
+        # NaN (no decisive pair, no held-out split yet) is written as null: summary.json stays strict JSON.
+        "label_accuracy_vs_oracle": None if math.isnan(stats.accuracy_vs_oracle) else stats.accuracy_vs_oracle,
+        "heldout_accuracy": None if math.isnan(stats.heldout_accuracy) else stats.heldout_accuracy,
+    }
+    if config.run.eval_episodes:
+        summary["eval"] = evaluate_policy_true_return(config, model, config.run.eval_episodes)
+    if video and config.run.video_episodes:
+        paths = _record_video(config, model, video_net, no_frame_labeler, run_dir / "videos", "final")
         summary["videos"] = [str(p) for p in paths]
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
