@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -121,25 +123,29 @@ def _resume_overrides(config: ExperimentConfig, overrides: list[str], run_dir: P
     return updated
 
 
+@dataclass
+class RewardPipeline:
+    """The part of an online run that differs between labelers: the VecEnv wrapper that gives the
+    agent its reward, its callbacks, and how it is checkpointed and summarised."""
+
+    env: Any
+    callbacks: list
+    save: Callable[[Path], dict[str, Any]]  # writes into a checkpoint dir; returns state.json counters
+    restore: Callable[[Path, dict[str, Any]], None]
+    summary: Callable[[], dict[str, Any]]
+    reward_model: Callable[[], Any]  # the reward net to save as reward_net.*, or None
+    video_scorer: Callable[[], tuple[Callable | None, str]]  # frames -> rewards drawn on videos
+
+
 def train_online(config: ExperimentConfig, run_dir: Path, resume: bool, progress_bar: bool = True, video: bool = True) -> dict[str, Any]:
     """Train (or continue) an online run in ``run_dir``; return a summary dict (also saved)."""
-    if config.labeler.kind == "preference":
-        return train_online_preference(config, run_dir, resume, progress_bar=progress_bar, video=video)
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.utils import set_random_seed
 
-    from vlmrl.agents.labelled_reward import DistillSchedule, LabelledRewardVecEnv
     from vlmrl.agents.sb3_agents import build_agent, load_agent
-    from vlmrl.agents.training_callbacks import LabelMetricsCallback, PeriodicCallback
-    from vlmrl.factory import make_frame_labeler, make_vec_env
-    from vlmrl.reward_nets import RewardModel, RewardNetConfig
-    from vlmrl.runs import (
-        checkpoint_dir,
-        finish_checkpoint,
-        latest_checkpoint,
-        read_checkpoint_state,
-    )
+    from vlmrl.agents.training_callbacks import PeriodicCallback
+    from vlmrl.runs import checkpoint_dir, finish_checkpoint, latest_checkpoint, read_checkpoint_state
 
     seed = config.run.seed
     set_random_seed(seed)
@@ -147,6 +153,89 @@ def train_online(config: ExperimentConfig, run_dir: Path, resume: bool, progress
         import torch
 
         torch.set_num_threads(config.run.torch_threads)
+    if config.labeler.kind == "preference":
+        pipeline = _preference_pipeline(config, run_dir, seed)
+    else:
+        pipeline = _labelled_pipeline(config, seed)
+    algo = config.agent.algo
+    try:
+        if resume:
+            checkpoint = latest_checkpoint(run_dir)
+            if checkpoint is None:
+                raise UserError(f"{run_dir} has no complete checkpoint to resume from")
+            model = load_agent(algo, checkpoint / "model.zip", pipeline.env, config.agent.device)
+            if isinstance(model, SAC) and (checkpoint / "replay_buffer.pkl").is_file():
+                model.load_replay_buffer(checkpoint / "replay_buffer.pkl")
+            pipeline.restore(checkpoint, read_checkpoint_state(checkpoint))
+            print(f"resuming from {checkpoint} at step {model.num_timesteps}")
+        else:
+            try:
+                model = build_agent(
+                    algo,
+                    pipeline.env,
+                    policy=config.agent.policy,
+                    hyperparams=plain_dict(config.agent.hyperparams),
+                    seed=seed,
+                    device=config.agent.device,
+                    tensorboard_dir=run_dir / "tb",
+                )
+            except ValueError as error:
+                raise ConfigError(f"agent.hyperparams: {error}") from error
+
+        def save_checkpoint(step: int) -> None:
+            directory = checkpoint_dir(run_dir, step)
+            directory.mkdir(parents=True, exist_ok=True)
+            model.save(directory / "model.zip")
+            if isinstance(model, SAC):
+                model.save_replay_buffer(directory / "replay_buffer.pkl")
+            state = pipeline.save(directory)
+            finish_checkpoint(directory, {"num_timesteps": int(model.num_timesteps), **state})
+
+        def record(prefix: str) -> list[Path]:
+            scorer, name = pipeline.video_scorer()
+            return _record_video(config, model, scorer, name, run_dir / "videos", prefix)
+
+        callbacks = [*pipeline.callbacks, PeriodicCallback(config.run.checkpoint_every, save_checkpoint)]
+        if config.run.video_every and video:
+            callbacks.append(PeriodicCallback(config.run.video_every, lambda step: record(f"step{step}")))
+        remaining = config.agent.total_timesteps - model.num_timesteps
+        start = time.perf_counter()
+        if remaining > 0:
+            model.learn(
+                total_timesteps=remaining,
+                callback=CallbackList(callbacks),
+                reset_num_timesteps=not resume,
+                tb_log_name=algo.upper(),
+                progress_bar=progress_bar,
+            )
+        train_seconds = time.perf_counter() - start
+        model.save(run_dir / "model.zip")
+        if pipeline.reward_model() is not None:
+            pipeline.reward_model().save(run_dir / "reward_net")
+    finally:
+        pipeline.env.close()
+
+    summary = {
+        "run_dir": str(run_dir),
+        "env_steps": int(model.num_timesteps),
+        "train_seconds": round(train_seconds, 2),
+        **pipeline.summary(),
+    }
+    if config.run.eval_episodes:
+        summary["eval"] = evaluate_policy_true_return(config, model, config.run.eval_episodes)
+    if video and config.run.video_episodes:
+        summary["videos"] = [str(p) for p in record("final")]
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _labelled_pipeline(config: ExperimentConfig, seed: int) -> RewardPipeline:
+    """Per-frame labels (CLIP or oracle), optionally distilled into a CNN reward net."""
+    from vlmrl.agents.labelled_reward import DistillSchedule, LabelledRewardVecEnv
+    from vlmrl.agents.training_callbacks import LabelMetricsCallback
+    from vlmrl.factory import make_frame_labeler, make_vec_env
+    from vlmrl.reward_nets import RewardModel, RewardNetConfig
+
     labeler = make_frame_labeler(config.labeler, seed=seed)
     reward_model = None
     if config.reward.distill:
@@ -164,98 +253,49 @@ def train_online(config: ExperimentConfig, run_dir: Path, resume: bool, progress
     )
     venv = make_vec_env(config.env, seed, capture_frames=labeler.needs_frames or reward_model is not None)
     labelled = LabelledRewardVecEnv(venv, labeler, reward_model, schedule, seed=seed)
-    algo = config.agent.algo
-    try:
-        if resume:
-            checkpoint = latest_checkpoint(run_dir)
-            if checkpoint is None:
-                raise UserError(f"{run_dir} has no complete checkpoint to resume from")
-            model = load_agent(algo, checkpoint / "model.zip", labelled, config.agent.device)
-            _restore_checkpoint(checkpoint, model, labelled, read_checkpoint_state(checkpoint))
-            print(f"resuming from {checkpoint} at step {model.num_timesteps}")
-        else:
-            try:
-                model = build_agent(
-                    algo,
-                    labelled,
-                    policy=config.agent.policy,
-                    hyperparams=plain_dict(config.agent.hyperparams),
-                    seed=seed,
-                    device=config.agent.device,
-                    tensorboard_dir=run_dir / "tb",
-                )
-            except ValueError as error:
-                raise ConfigError(f"agent.hyperparams: {error}") from error
+    counters = ("labeler_calls", "labelled_frames", "net_frames", "net_fits")
 
-        def save_checkpoint(step: int) -> None:
-            directory = checkpoint_dir(run_dir, step)
-            directory.mkdir(parents=True, exist_ok=True)
-            model.save(directory / "model.zip")
-            if isinstance(model, SAC):
-                model.save_replay_buffer(directory / "replay_buffer.pkl")
-            if reward_model is not None:
-                reward_model.save(directory / "reward_net")
-                np.savez(directory / "label_buffer.npz", **labelled.buffer.state_dict())
-            finish_checkpoint(directory, _wrapper_state(model, labelled))
+    def save(directory: Path) -> dict[str, Any]:
+        if labelled.reward_model is not None:
+            labelled.reward_model.save(directory / "reward_net")
+            np.savez(directory / "label_buffer.npz", **labelled.buffer.state_dict())
+        return {
+            "vector_steps": labelled.vector_steps,
+            "env_steps_at_last_fit": labelled.env_steps_at_last_fit,
+            **{key: getattr(labelled.stats, key) for key in counters},
+        }
 
-        callbacks = [LabelMetricsCallback(labelled), PeriodicCallback(config.run.checkpoint_every, save_checkpoint)]
-        if config.run.video_every and video:
-            callbacks.append(
-                PeriodicCallback(
-                    config.run.video_every,
-                    lambda step: _record_video(config, model, reward_model, labeler, run_dir / "videos", f"step{step}"),
-                )
-            )
-        remaining = config.agent.total_timesteps - model.num_timesteps
-        start = time.perf_counter()
-        if remaining > 0:
-            model.learn(
-                total_timesteps=remaining,
-                callback=CallbackList(callbacks),
-                reset_num_timesteps=not resume,
-                tb_log_name=algo.upper(),
-                progress_bar=progress_bar,
-            )
-        train_seconds = time.perf_counter() - start
-        model.save(run_dir / "model.zip")
-        if reward_model is not None:
-            reward_model.save(run_dir / "reward_net")
-    finally:
-        labelled.close()
+    def restore(directory: Path, state: dict[str, Any]) -> None:
+        if labelled.reward_model is not None:
+            labelled.reward_model = RewardModel.load(directory / "reward_net", device=str(labelled.reward_model.device))
+            with np.load(directory / "label_buffer.npz") as data:
+                labelled.buffer.load_state_dict({key: data[key] for key in data.files})
+        labelled.vector_steps = state["vector_steps"]
+        labelled.env_steps_at_last_fit = state["env_steps_at_last_fit"]
+        for key in counters:
+            setattr(labelled.stats, key, state[key])
 
-    summary = {
-        "run_dir": str(run_dir),
-        "env_steps": int(model.num_timesteps),
-        "train_seconds": round(train_seconds, 2),
-        "labeler_calls": labelled.stats.labeler_calls,
-        "labelled_frames": labelled.stats.labelled_frames,
-        "net_frames": labelled.stats.net_frames,
-        "net_fits": labelled.stats.net_fits,
-    }
-    if config.run.eval_episodes:
-        summary["eval"] = evaluate_policy_true_return(config, model, config.run.eval_episodes)
-    if video and config.run.video_episodes:
-        paths = _record_video(config, model, reward_model, labeler, run_dir / "videos", "final")
-        summary["videos"] = [str(p) for p in paths]
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    def video_scorer() -> tuple[Callable | None, str]:
+        if labelled.reward_model is not None:
+            return labelled.reward_model.predict, "learned"
+        if labeler.needs_frames:
+            return labeler.label, config.labeler.name
+        return None, "reward"
+
+    return RewardPipeline(
+        env=labelled,
+        callbacks=[LabelMetricsCallback(labelled)],
+        save=save,
+        restore=restore,
+        summary=lambda: {key: getattr(labelled.stats, key) for key in counters},
+        reward_model=lambda: labelled.reward_model,
+        video_scorer=video_scorer,
+    )
 
 
-# --- preference labelers (RL-VLM-F / PEBBLE): labeler.kind == "preference" ---
-
-
-def train_online_preference(
-    config: ExperimentConfig, run_dir: Path, resume: bool, progress_bar: bool = True, video: bool = True
-) -> dict[str, Any]:
-    """``train_online`` for ``labeler.kind: preference``: RL-VLM-F rewards learned from pairwise
-    labels (VLM or scripted teacher), with PEBBLE replay relabelling under SAC."""
-    import math
-    from types import SimpleNamespace
-
-    from stable_baselines3 import SAC
-    from stable_baselines3.common.callbacks import CallbackList
-    from stable_baselines3.common.utils import set_random_seed
-
+def _preference_pipeline(config: ExperimentConfig, run_dir: Path, seed: int) -> RewardPipeline:
+    """RL-VLM-F: rewards learned from pairwise labels (VLM or scripted teacher), with PEBBLE
+    replay relabelling under SAC. Every VLM answer goes to ``run_dir/labels.sqlite``."""
     from vlmrl.agents.preference_reward import (
         PreferenceSchedule,
         build_preference_env,
@@ -263,135 +303,44 @@ def train_online_preference(
         restore_preference_checkpoint,
         save_preference_checkpoint,
     )
-    from vlmrl.agents.sb3_agents import build_agent, load_agent
-    from vlmrl.agents.training_callbacks import PeriodicCallback
     from vlmrl.factory import make_preference_labeler, make_vec_env
-    from vlmrl.runs import checkpoint_dir, finish_checkpoint, latest_checkpoint
 
-    seed = config.run.seed
-    set_random_seed(seed)
-    if config.run.torch_threads:
-        import torch
-
-        torch.set_num_threads(config.run.torch_threads)
     labeler = make_preference_labeler(config.labeler, str(run_dir / "labels.sqlite"), seed=seed)
     schedule = PreferenceSchedule.from_config(config.reward.preference)
     venv = make_vec_env(config.env, seed, capture_frames=preference_needs_frames(labeler, schedule))
-    algo = config.agent.algo
-    preference_env, preference_callbacks = build_preference_env(
-        venv, labeler, config.labeler.preference.goal, schedule, algo, seed=seed, device=config.labeler.device
+    preference_env, callbacks = build_preference_env(
+        venv, labeler, config.labeler.preference.goal, schedule, config.agent.algo, seed=seed, device=config.labeler.device
     )
-    try:
-        if resume:
-            checkpoint = latest_checkpoint(run_dir)
-            if checkpoint is None:
-                raise UserError(f"{run_dir} has no complete checkpoint to resume from")
-            model = load_agent(algo, checkpoint / "model.zip", preference_env, config.agent.device)
-            if isinstance(model, SAC) and (checkpoint / "replay_buffer.pkl").is_file():
-                model.load_replay_buffer(checkpoint / "replay_buffer.pkl")
-            restore_preference_checkpoint(checkpoint, preference_env, preference_callbacks)
-            print(f"resuming from {checkpoint} at step {model.num_timesteps}")
-        else:
-            try:
-                model = build_agent(
-                    algo,
-                    preference_env,
-                    policy=config.agent.policy,
-                    hyperparams=plain_dict(config.agent.hyperparams),
-                    seed=seed,
-                    device=config.agent.device,
-                    tensorboard_dir=run_dir / "tb",
-                )
-            except ValueError as error:
-                raise ConfigError(f"agent.hyperparams: {error}") from error
 
-        def save_checkpoint(step: int) -> None:
-            directory = checkpoint_dir(run_dir, step)
-            directory.mkdir(parents=True, exist_ok=True)
-            model.save(directory / "model.zip")
-            if isinstance(model, SAC):
-                model.save_replay_buffer(directory / "replay_buffer.pkl")
-            save_preference_checkpoint(directory, preference_env, preference_callbacks)
-            finish_checkpoint(directory, {"num_timesteps": int(model.num_timesteps)})
+    def save(directory: Path) -> dict[str, Any]:
+        save_preference_checkpoint(directory, preference_env, callbacks)
+        return {}
 
-        # The video scorer takes frames: the learned reward only when the net reads frames.
-        video_net = preference_env.reward_model if schedule.net == "cnn" else None
-        no_frame_labeler = SimpleNamespace(needs_frames=False)
-        callbacks = [*preference_callbacks, PeriodicCallback(config.run.checkpoint_every, save_checkpoint)]
-        if config.run.video_every and video:
-            callbacks.append(
-                PeriodicCallback(
-                    config.run.video_every,
-                    lambda step: _record_video(config, model, video_net, no_frame_labeler, run_dir / "videos", f"step{step}"),
-                )
-            )
-        remaining = config.agent.total_timesteps - model.num_timesteps
-        start = time.perf_counter()
-        if remaining > 0:
-            model.learn(
-                total_timesteps=remaining,
-                callback=CallbackList(callbacks),
-                reset_num_timesteps=not resume,
-                tb_log_name=algo.upper(),
-                progress_bar=progress_bar,
-            )
-        train_seconds = time.perf_counter() - start
-        model.save(run_dir / "model.zip")
-        preference_env.reward_model.save(run_dir / "reward_net")
-    finally:
-        preference_env.close()
-
-    stats = preference_env.stats
-    summary: dict[str, Any] = {
-        "run_dir": str(run_dir),
-        "env_steps": int(model.num_timesteps),
-        "train_seconds": round(train_seconds, 2),
-        "pairs_asked": stats.asked,
-        "pairs_labelled": stats.labelled,
-        "query_rounds": stats.rounds,
-        "reward_fits": stats.fits,
+    def summary() -> dict[str, Any]:
+        stats = preference_env.stats
         # NaN (no decisive pair, no held-out split yet) is written as null: summary.json stays strict JSON.
-        "label_accuracy_vs_oracle": None if math.isnan(stats.accuracy_vs_oracle) else stats.accuracy_vs_oracle,
-        "heldout_accuracy": None if math.isnan(stats.heldout_accuracy) else stats.heldout_accuracy,
-    }
-    if config.run.eval_episodes:
-        summary["eval"] = evaluate_policy_true_return(config, model, config.run.eval_episodes)
-    if video and config.run.video_episodes:
-        paths = _record_video(config, model, video_net, no_frame_labeler, run_dir / "videos", "final")
-        summary["videos"] = [str(p) for p in paths]
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+        return {
+            "pairs_asked": stats.asked,
+            "pairs_labelled": stats.labelled,
+            "query_rounds": stats.rounds,
+            "reward_fits": stats.fits,
+            "label_accuracy_vs_oracle": None if math.isnan(stats.accuracy_vs_oracle) else stats.accuracy_vs_oracle,
+            "heldout_accuracy": None if math.isnan(stats.heldout_accuracy) else stats.heldout_accuracy,
+        }
 
+    def video_scorer() -> tuple[Callable | None, str]:
+        # Videos get frames: draw the learned reward only when the net reads frames.
+        return (preference_env.reward_model.predict, "learned") if schedule.net == "cnn" else (None, "reward")
 
-def _wrapper_state(model, labelled) -> dict[str, Any]:
-    stats = labelled.stats
-    return {
-        "num_timesteps": int(model.num_timesteps),
-        "vector_steps": labelled.vector_steps,
-        "env_steps_at_last_fit": labelled.env_steps_at_last_fit,
-        "labeler_calls": stats.labeler_calls,
-        "labelled_frames": stats.labelled_frames,
-        "net_frames": stats.net_frames,
-        "net_fits": stats.net_fits,
-    }
-
-
-def _restore_checkpoint(checkpoint: Path, model, labelled, state: dict[str, Any]) -> None:
-    from stable_baselines3 import SAC
-
-    from vlmrl.reward_nets import RewardModel
-
-    if isinstance(model, SAC) and (checkpoint / "replay_buffer.pkl").is_file():
-        model.load_replay_buffer(checkpoint / "replay_buffer.pkl")
-    if labelled.reward_model is not None:
-        restored = RewardModel.load(checkpoint / "reward_net", device=str(labelled.reward_model.device))
-        labelled.reward_model = restored
-        with np.load(checkpoint / "label_buffer.npz") as data:
-            labelled.buffer.load_state_dict({key: data[key] for key in data.files})
-    labelled.vector_steps = state["vector_steps"]
-    labelled.env_steps_at_last_fit = state["env_steps_at_last_fit"]
-    for key in ("labeler_calls", "labelled_frames", "net_frames", "net_fits"):
-        setattr(labelled.stats, key, state[key])
+    return RewardPipeline(
+        env=preference_env,
+        callbacks=callbacks,
+        save=save,
+        restore=lambda directory, state: restore_preference_checkpoint(directory, preference_env, callbacks),
+        summary=summary,
+        reward_model=lambda: preference_env.reward_model,
+        video_scorer=video_scorer,
+    )
 
 
 def evaluate_policy_true_return(config: ExperimentConfig, model, episodes: int) -> dict[str, float]:
@@ -407,17 +356,12 @@ def evaluate_policy_true_return(config: ExperimentConfig, model, episodes: int) 
     return {"true_return_mean": float(np.mean(returns)), "true_return_std": float(np.std(returns)), "episodes": episodes}
 
 
-def _record_video(config: ExperimentConfig, model, reward_model, labeler, out_dir: Path, prefix: str) -> list[Path]:
+def _record_video(config: ExperimentConfig, model, scorer: Callable | None, scorer_name: str, out_dir: Path, prefix: str) -> list[Path]:
     from vlmrl.factory import make_env
     from vlmrl.video import record_episodes
 
     size = config.run.video_size
     env = make_env(config.env, render_size=(size, size) if size else None)
-    scorer, name = None, "reward"
-    if reward_model is not None:
-        scorer, name = reward_model.predict, "learned"
-    elif labeler.needs_frames:
-        scorer, name = labeler.label, config.labeler.name
     try:
         paths, _ = record_episodes(
             env,
@@ -427,7 +371,7 @@ def _record_video(config: ExperimentConfig, model, reward_model, labeler, out_di
             episodes=config.run.video_episodes,
             seed=config.run.seed + 20_000,
             scorer=scorer,
-            scorer_name=name,
+            scorer_name=scorer_name,
         )
     finally:
         env.close()
