@@ -212,9 +212,15 @@ def run_relabel_bench_command(args: argparse.Namespace) -> int:
     rows = []
     for kind in [k for k in args.kinds.split(",") if k]:
         row = run_relabel_bench(frames=args.frames, kind=kind, size=args.size, root=args.root)
-        rows.append({"kind": kind, **{k: (round(v, 1) if isinstance(v, float) else v) for k, v in row.items()}})
+        rows.append({"kind": kind, **{k: _tidy(v) for k, v in row.items()}})
     print_rows(rows, False, f"frames={args.frames} size={args.size}x{args.size}")
     return 0
+
+
+def _tidy(value):
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else round(value, 1)
+    return value
 
 
 def print_rows(rows: list[dict], as_json: bool, header: str) -> None:
