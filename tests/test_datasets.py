@@ -90,3 +90,14 @@ def test_missing_dataset_id_names_the_root(root):
 
     with pytest.raises(UserError, match="not found under .*nothing is downloaded"):
         open_dataset("nothing/here-v0")
+
+
+@pytest.mark.parametrize("task", ["mountaincar", "humanoid"])
+def test_collect_renders_vlmrl_tasks_at_the_requested_size(root, task):
+    from vlmrl.datasets import open_dataset
+
+    out = f"{task}/random-v0"
+    assert main(["collect", task, "--episodes", "1", "--max-steps", "5", "--out", out, "--render-size", "32"]) == 0
+    frames = open_dataset(out).frames(0)
+    assert frames.shape == (6, 32, 32, 3) and frames.dtype == np.uint8
+    assert frames.std() > 1.0  # a real picture, not a blank canvas

@@ -88,8 +88,12 @@ def make_render_env(env_id: str, render_size: tuple[int, int]) -> Any:
     import vlmrl.envs  # noqa: F401  (registers vlmrl/* ids)
 
     height, width = render_size
+    # vlmrl's envs take render_width/render_height; Gymnasium's MuJoCo envs take width/height.
+    size_kwargs = (
+        {"render_width": width, "render_height": height} if env_id.startswith("vlmrl/") else {"width": width, "height": height}
+    )
     try:
-        return gym.make(env_id, render_mode="rgb_array", width=width, height=height)
+        return gym.make(env_id, render_mode="rgb_array", **size_kwargs)
     except TypeError:
         pass
     except gym.error.Error as error:
