@@ -8,8 +8,9 @@ import yaml
 from vlmrl.config import ExperimentConfig, load_config
 from vlmrl.errors import ConfigError
 
-CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
-ONLINE_CONFIGS = [p for p in CONFIGS if yaml.safe_load(p.read_text())["agent"]["algo"] in ("ppo", "sac")]
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(REPO.joinpath("configs").glob("*.yaml"))
+ONLINE_CONFIGS = [p for p in CONFIGS if yaml.safe_load(p.read_text()).get("agent", {}).get("algo") in ("ppo", "sac")]
 
 
 @pytest.mark.parametrize("path", ONLINE_CONFIGS, ids=lambda p: p.name)
@@ -19,6 +20,14 @@ def test_every_online_task_config_loads_and_round_trips(path, tmp_path):
     resolved = tmp_path / "resolved.yaml"
     resolved.write_text(config.to_yaml())
     assert load_config(resolved) == config
+
+
+def test_relabel_and_offline_configs_load():
+    from vlmrl.offline_train import load_offline_config
+    from vlmrl.relabel import load_relabel_config
+
+    assert load_relabel_config(REPO / "configs/pendulum_relabel_oracle_pref.yaml").kind == "preference"
+    assert load_offline_config(REPO / "configs/pendulum_offline_iql.yaml").agent.algo == "iql"
 
 
 def write(tmp_path, text):

@@ -130,6 +130,7 @@ def run_offline_training(
     from vlmrl.datasets import open_dataset, to_mdp_dataset
 
     config = load_offline_config(config_path, overrides)
+    _quiet_d3rlpy_logging()
     methods = ["iql"] + [b for b in (config.run.baselines if baselines is None else baselines) if b != "iql"]
     for method in methods:
         if method not in METHODS:
@@ -228,3 +229,13 @@ def _plain(config: Any) -> Any:
     from vlmrl.config_loading import to_plain
 
     return to_plain(config)
+
+
+def _quiet_d3rlpy_logging() -> None:
+    """d3rlpy logs every build step and epoch through structlog at debug/info level; keep its
+    warnings only (our table, progress bars and TensorBoard carry the metrics)."""
+    import logging
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
