@@ -36,14 +36,7 @@ from tiny_vlm import build_tiny_qwen2_vl  # noqa: E402
 GOAL = "to balance the brown pole on the black cart to be upright"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """A toy model's ops are microseconds: on a shared 2-core machine, a second intra-op thread
-    only adds contention (measured 5x slower), so this module runs torch single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 import gymnasium as gym
 import numpy as np
-import pytest
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import vlmrl.envs  # noqa: F401

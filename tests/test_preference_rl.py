@@ -5,7 +5,6 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.monitor import Monitor
@@ -35,14 +34,7 @@ FIXED = "vlmrl/CartPoleFixedLength-v1"
 GOAL = "to balance the brown pole on the black cart to be upright"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # Small nets on the shared 2-core machine: two OpenMP threads per process, oversubscribed,
-    # made PPO with the reward ensemble ~50x slower (185 s vs 3.4 s for 8k steps).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def vec_env(env_id=FIXED, n_envs=2, capture=True, width=96, height=64, seed=0, **kwargs):

@@ -86,7 +86,7 @@ def test_reward_model_relabel_equals_the_model_on_each_frame(root, tmp_path):
                                                f"device: cpu\nreward_model: {{path: {tmp_path / 'model'}}}\n")
     assert main(["relabel", "pendulum/random-v0", "--labeler", str(config), "--out", "pendulum/net-v0",
                  "--no-progress"]) == 0
-    source, relabelled = open_dataset("pendulum/random-v0"), open_dataset("pendulum/net-v0")
+    relabelled = open_dataset("pendulum/net-v0")
     for i in range(2):
         frames = np.load(root / "pendulum/random-v0/frames" / f"episode_{i}.npy")
         expected = model.predict(frames[1:])  # reward_frame: next -> the frame after each action

@@ -5,20 +5,13 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 
 import vlmrl  # noqa: F401  (headless rendering defaults)
 from vlmrl.reward_learning import FitResult, fit_bradley_terry, fit_regression
 from vlmrl.reward_nets import RewardModel, RewardNetConfig, downsample_frames
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # On the shared 2-core machine two OpenMP threads per process, oversubscribed, ran 5x slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def rollout(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

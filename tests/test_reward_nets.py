@@ -14,13 +14,7 @@ from vlmrl.errors import ConfigError, MissingWeightsError, UserError
 from vlmrl.reward_nets import RewardModel, RewardNet, RewardNetConfig, downsample_frames, frames_to_tensor
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # On the shared 2-core machine two OpenMP threads per process, oversubscribed, ran 5x slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

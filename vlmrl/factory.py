@@ -34,7 +34,7 @@ def make_env(config: EnvConfig, render_size: tuple[int, int] | None = None) -> g
 
 def _env_builder(config: EnvConfig, capture_frames: bool) -> Callable[[], gym.Env]:
     def build() -> gym.Env:
-        import vlmrl.envs  # noqa: F401  (subprocess workers register the ids too)
+        import vlmrl.envs  # noqa: F401,F811  (subprocess workers register the ids too)
 
         return FrameInInfo(Monitor(make_env(config)), capture_frames=capture_frames)
 

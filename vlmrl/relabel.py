@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -48,7 +47,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from vlmrl.errors import ConfigError, UserError
+from vlmrl.errors import UserError
 
 CORE_VERSION = 1  # bump when relabel output for the same inputs changes
 
@@ -567,7 +566,7 @@ def run_relabel_bench(frames: int, kind: str = "reward_net", size: int = 224, ch
     import tempfile
     import time
 
-    from vlmrl.datasets import MinariWriter, EpisodeData, datasets_root
+    from vlmrl.datasets import MinariWriter, EpisodeData
 
     import gymnasium as gym
 
