@@ -36,6 +36,7 @@ from vlmrl.reward_labelers.prompts import (
     SINGLE_STAGE_PROMPT,
     AnswerKind,
     parse_answer,
+    prompt_key_fields,
 )
 
 logger = logging.getLogger(__name__)
@@ -350,16 +351,12 @@ class HFPreferenceLabeler(PreferenceLabeler):
         config: dict[str, Any] = {
             "labeler": "hf-transformers",
             "model": self.model_name,
-            "mode": "two-stage" if self.two_stage else "single-stage",
             "decoding": "greedy",
             "answer_max_new_tokens": self.answer_max_new_tokens,
+            **prompt_key_fields(self.two_stage, self.analysis_prompt, self.labelling_prompt, self.single_stage_prompt),
         }
         if self.two_stage:
-            config["analysis_prompt"] = self.analysis_prompt
-            config["labelling_prompt"] = self.labelling_prompt
             config["max_new_tokens"] = self.max_new_tokens
-        else:
-            config["single_stage_prompt"] = self.single_stage_prompt
         return config
 
     def ask(self, first: np.ndarray, second: np.ndarray, goal: str) -> PairOutcome:

@@ -43,6 +43,7 @@ from vlmrl.reward_labelers.prompts import (
     SINGLE_STAGE_PROMPT,
     AnswerKind,
     parse_answer,
+    prompt_key_fields,
 )
 
 logger = logging.getLogger(__name__)
@@ -205,19 +206,13 @@ class OpenAIPreferenceLabeler(PreferenceLabeler):
     def config(self) -> Mapping[str, Any]:
         # The endpoint URL is left out on purpose: the same model behind another server (local
         # vLLM vs. hosted) answers the same question, and cached answers stay valid.
-        config: dict[str, Any] = {
+        return {
             "labeler": "openai-chat",
             "model": self.model,
-            "mode": "two-stage" if self.two_stage else "single-stage",
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
+            **prompt_key_fields(self.two_stage, self.analysis_prompt, self.labelling_prompt, self.single_stage_prompt),
         }
-        if self.two_stage:
-            config["analysis_prompt"] = self.analysis_prompt
-            config["labelling_prompt"] = self.labelling_prompt
-        else:
-            config["single_stage_prompt"] = self.single_stage_prompt
-        return config
 
     def ask(self, first: np.ndarray, second: np.ndarray, goal: str) -> PairOutcome:
         requests = 0

@@ -88,3 +88,10 @@ def parse_answer(text: str | None) -> ParsedAnswer:
     if match is None:
         return ParsedAnswer(AnswerKind.UNPARSEABLE)
     return ParsedAnswer({"0": AnswerKind.FIRST, "1": AnswerKind.SECOND, "-1": AnswerKind.UNSURE}[match.group(1)])
+
+
+def prompt_key_fields(two_stage: bool, analysis_prompt: str, labelling_prompt: str, single_stage_prompt: str) -> dict[str, str]:
+    """The mode and the prompts in use, as label-store key fields (changing one asks again)."""
+    if two_stage:
+        return {"mode": "two-stage", "analysis_prompt": analysis_prompt, "labelling_prompt": labelling_prompt}
+    return {"mode": "single-stage", "single_stage_prompt": single_stage_prompt}
