@@ -47,6 +47,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from vlmrl.config import ClipConfig, OracleConfig
 from vlmrl.errors import UserError
 
 CORE_VERSION = 1  # bump when relabel output for the same inputs changes
@@ -126,8 +127,8 @@ class RelabelConfig:
     chunk_size: int = 256
     seed: int = 0
     device: str = "auto"
-    oracle: Any = None
-    clip: Any = None
+    oracle: OracleConfig = field(default_factory=OracleConfig)
+    clip: ClipConfig | None = None
     preference: PreferenceRelabelConfig | None = None
     reward_model: RewardModelRelabelConfig | None = None
 
@@ -140,18 +141,11 @@ class RelabelConfig:
 
 def load_relabel_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RelabelConfig:
     """Load and validate a labeler YAML; ConfigError names the file and key."""
-    from vlmrl.config import ClipConfig, OracleConfig
     from vlmrl.config_loading import apply_overrides, build_dataclass, load_yaml
 
     data = load_yaml(path)
     apply_overrides(data, list(overrides), str(path))
-    source = str(path)
-    # The lead's ClipConfig / OracleConfig sections are built first, then passed through as-is.
-    for name, cls in (("clip", ClipConfig), ("oracle", OracleConfig)):
-        if data.get(name) is not None:
-            data[name] = build_dataclass(cls, data[name], source, f"{name}.")
-    data.setdefault("oracle", OracleConfig())
-    return build_dataclass(RelabelConfig, data, source)
+    return build_dataclass(RelabelConfig, data, str(path))
 
 
 def config_dict(config: RelabelConfig) -> dict[str, Any]:
