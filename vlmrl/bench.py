@@ -35,32 +35,48 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     clip = benches.add_parser("clip", help="CLIP labelling vs encoder vs reward net vs rendering", description=CLIP_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     clip.add_argument("--model", default="ViT-B-32", help="open_clip model name or transformers id/dir (default: ViT-B-32)")
     clip.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint path (default: random weights)")
-    clip.add_argument("--backend", choices=("open_clip", "transformers"), default="open_clip")
+    clip.add_argument("--backend", choices=("open_clip", "transformers"), default="open_clip", help="CLIP implementation (default: open_clip)")
     clip.add_argument("--batch-sizes", default="1,16,64", help="comma-separated batch sizes (default: 1,16,64)")
     clip.add_argument("--env", default="vlmrl/CartPoleFixedLength-v1", help="env whose frames are rendered and labelled")
     clip.add_argument("--size", type=int, default=224, help="render size in pixels, square (default: 224)")
     clip.add_argument("--repeats", type=int, default=3, help="timed repetitions per measurement; the best is kept")
-    clip.add_argument("--device", default="auto")
+    clip.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     clip.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     clip.set_defaults(func=run_clip_bench)
 
-    train = benches.add_parser("train", help="env steps/s: label every step vs label-every-k + distillation")
+    train = benches.add_parser(
+        "train",
+        help="env steps/s: label every step vs label-every-k + distillation",
+        description="Runs the config twice for --steps env steps (no eval, no video): labelling every step, "
+        "then labelling every --label-every-th vector step with a distilled reward net; prints env steps/s.",
+    )
     train.add_argument("--config", default="configs/cartpole_clip.yaml", help="online config to benchmark")
     train.add_argument("--pretrained", default=None, help="CLIP weights (default: random weights of the config's model)")
     train.add_argument("--steps", type=int, default=2048, help="env steps per measured run")
-    train.add_argument("--label-every", type=int, default=8)
-    train.add_argument("--json", action="store_true")
+    train.add_argument("--label-every", type=int, default=8, help="label one vector step in this many once the net is fitted (default: 8)")
+    train.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     train.set_defaults(func=run_train_bench)
 
-    labels = benches.add_parser("labels", help="preference pairs/s against an OpenAI-compatible endpoint")
+    labels = benches.add_parser(
+        "labels",
+        help="preference pairs/s against an OpenAI-compatible endpoint",
+        description="Labels random frame pairs at each concurrency level with a fresh label store, then asks "
+        "again to show that stored pairs cost no request. Reference setting: "
+        "python tests/openai_test_server.py --port 18777 --latency-ms 200",
+    )
     labels.add_argument("--endpoint", required=True, help="base URL, e.g. http://127.0.0.1:8000/v1")
-    labels.add_argument("--model", default="test-vlm")
+    labels.add_argument("--model", default="test-vlm", help="model name sent with each request (default: test-vlm)")
     labels.add_argument("--concurrency", default="1,4,16", help="comma-separated concurrency levels")
     labels.add_argument("--pairs", type=int, default=32, help="pairs per level")
     labels.add_argument("--frame-size", type=int, default=64, help="frame side in pixels")
     labels.set_defaults(func=run_labels_bench)
 
-    relabel = benches.add_parser("relabel", help="offline relabelling frames/s and peak RSS")
+    relabel = benches.add_parser(
+        "relabel",
+        help="offline relabelling frames/s and peak RSS",
+        description="Writes a synthetic Minari dataset of random frames (streamed, never all in memory), "
+        "relabels it end to end and reports frames/s and the peak RSS of the process.",
+    )
     relabel.add_argument("--frames", type=int, default=100_000, help="frames in the synthetic dataset (default: 100000, ~15 GB at 224x224 on disk)")
     relabel.add_argument("--kinds", default="reward_net", help="comma-separated: reward_net, clip (random ViT-S-32 weights)")
     relabel.add_argument("--size", type=int, default=224, help="frame side in pixels (default: 224)")
