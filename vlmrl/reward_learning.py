@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from vlmrl.reward_nets import RewardModel
@@ -97,6 +99,38 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def _train_members(
+    model: RewardModel,
+    train_idx: np.ndarray,
+    member_loss: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    rng: np.random.Generator,
+) -> tuple[int, float]:
+    """Adam on every member, each with its own shuffle of ``train_idx`` per epoch.
+
+    Returns (gradient steps per epoch, mean batch loss of the last epoch averaged over members).
+    """
+    optimizer = torch.optim.Adam(model.members.parameters(), lr=lr)
+    steps_per_epoch = math.ceil(len(train_idx) / batch_size)
+    epoch_loss = math.nan
+    for _ in range(epochs):
+        orders = [train_idx[o] for o in _member_orders(len(train_idx), model.ensemble_size, rng)]
+        loss_sum = 0.0
+        for step in range(steps_per_epoch):
+            optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for member, order in zip(model.members, orders):
+                loss = member_loss(member, torch.as_tensor(order[step * batch_size : (step + 1) * batch_size]))
+                loss.backward()
+                total += loss.item()
+            optimizer.step()
+            loss_sum += total / model.ensemble_size
+        epoch_loss = loss_sum / steps_per_epoch
+    return steps_per_epoch, epoch_loss
+
+
 def fit_regression(
     model: RewardModel,
     inputs: np.ndarray,
@@ -143,25 +177,11 @@ def fit_regression(
     model.target_mean, model.target_std = mean, (std if std > 1e-8 else 1.0)
     z = torch.as_tensor((targets - model.target_mean) / model.target_std, dtype=torch.float32)
 
-    optimizer = torch.optim.Adam(model.members.parameters(), lr=lr)
-    steps_per_epoch = math.ceil(len(train_idx) / batch_size)
-    epoch_losses: list[float] = []
-    for _ in range(epochs):
-        orders = [train_idx[o] for o in _member_orders(len(train_idx), model.ensemble_size, rng)]
-        loss_sum = 0.0
-        for step in range(steps_per_epoch):
-            optimizer.zero_grad(set_to_none=True)
-            total = 0.0
-            for member, order in zip(model.members, orders):
-                idx = torch.as_tensor(order[step * batch_size : (step + 1) * batch_size])
-                x = model.to_network_input(prepared[idx])
-                y = z[idx].to(model.device)
-                loss = F.mse_loss(model.output_scale * member(x), y)
-                loss.backward()
-                total += loss.item()
-            optimizer.step()
-            loss_sum += total / model.ensemble_size
-        epoch_losses.append(loss_sum / steps_per_epoch)
+    def member_loss(member: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        x = model.to_network_input(prepared[idx])
+        return F.mse_loss(model.output_scale * member(x), z[idx].to(model.device))
+
+    steps_per_epoch, last_epoch_loss = _train_members(model, train_idx, member_loss, epochs, batch_size, lr, rng)
 
     heldout_loss = heldout_pearson = math.nan
     if len(heldout_idx) > 0:
@@ -175,7 +195,7 @@ def fit_regression(
         steps=epochs * steps_per_epoch,
         n_train=len(train_idx),
         n_heldout=len(heldout_idx),
-        train_loss=epoch_losses[-1],
+        train_loss=last_epoch_loss,
         heldout_loss=heldout_loss,
         heldout_pearson=heldout_pearson,
         seconds=time.perf_counter() - start_time,
@@ -255,26 +275,13 @@ def fit_bradley_terry(
 
     rng = np.random.default_rng(seed)
     train_idx, heldout_idx = _split(len(labels), heldout_fraction, rng)
-    optimizer = torch.optim.Adam(model.members.parameters(), lr=lr)
-    steps_per_epoch = math.ceil(len(train_idx) / batch_size)
-    epoch_losses: list[float] = []
-    for _ in range(epochs):
-        orders = [train_idx[o] for o in _member_orders(len(train_idx), model.ensemble_size, rng)]
-        loss_sum = 0.0
-        for step in range(steps_per_epoch):
-            optimizer.zero_grad(set_to_none=True)
-            total = 0.0
-            for member, order in zip(model.members, orders):
-                idx = torch.as_tensor(order[step * batch_size : (step + 1) * batch_size])
-                # One forward pass over both halves of the pairs.
-                x = model.to_network_input(torch.cat([first_p[idx], second_p[idx]]))
-                r1, r2 = (model.output_scale * member(x)).chunk(2)
-                loss = F.binary_cross_entropy_with_logits(r1 - r2, y_all[idx].to(model.device))
-                loss.backward()
-                total += loss.item()
-            optimizer.step()
-            loss_sum += total / model.ensemble_size
-        epoch_losses.append(loss_sum / steps_per_epoch)
+    def member_loss(member: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        # One forward pass over both halves of the pairs.
+        x = model.to_network_input(torch.cat([first_p[idx], second_p[idx]]))
+        r1, r2 = (model.output_scale * member(x)).chunk(2)
+        return F.binary_cross_entropy_with_logits(r1 - r2, y_all[idx].to(model.device))
+
+    steps_per_epoch, last_epoch_loss = _train_members(model, train_idx, member_loss, epochs, batch_size, lr, rng)
 
     def metrics_on(idx: np.ndarray) -> tuple[float, float]:
         rows = torch.as_tensor(idx)
@@ -291,7 +298,7 @@ def fit_bradley_terry(
         n_train=len(train_idx),
         n_heldout=len(heldout_idx),
         n_unlabelled=n_unlabelled,
-        train_loss=epoch_losses[-1],
+        train_loss=last_epoch_loss,
         heldout_loss=heldout_loss,
         heldout_accuracy=heldout_accuracy,
         train_accuracy=train_accuracy,
