@@ -37,6 +37,16 @@ TINY_OPEN_CLIP_CONFIG = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
 }
 
+# The vision tower of the tiny transformers CLIP and SigLIP models.
+TINY_HF_VISION_CONFIG = {
+    "image_size": TINY_IMAGE_SIZE,
+    "patch_size": 16,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+}
+
 # The real ViT-B-32 sizes, for timing with random weights.
 VIT_B_32_CONFIG = {
     "embed_dim": 512,
@@ -126,14 +136,7 @@ def save_tiny_hf_clip(directory: str | Path, *, seed: int = 0) -> str:
             "eos_token_id": 49407,
             "pad_token_id": 49407,
         },
-        vision_config={
-            "image_size": TINY_IMAGE_SIZE,
-            "patch_size": 16,
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-        },
+        vision_config=dict(TINY_HF_VISION_CONFIG),
         projection_dim=32,
     )
     with torch.random.fork_rng():
@@ -175,14 +178,7 @@ def save_tiny_hf_siglip(directory: str | Path, *, seed: int = 0) -> str:
     )
     config = SiglipConfig(
         text_config=text_config.to_dict(),
-        vision_config={
-            "image_size": TINY_IMAGE_SIZE,
-            "patch_size": 16,
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-        },
+        vision_config=dict(TINY_HF_VISION_CONFIG),
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)

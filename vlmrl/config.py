@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, Literal
 
 import yaml
@@ -316,11 +315,6 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     data = load_yaml(path)
     apply_overrides(data, list(overrides), str(path))
     return build_dataclass(ExperimentConfig, data, str(path))
-
-
-def plain_dict(mapping: MappingProxyType | dict) -> dict[str, Any]:
-    """A mutable copy of a config mapping (kwargs, hyperparams)."""
-    return {key: (plain_dict(value) if isinstance(value, (dict, MappingProxyType)) else value) for key, value in mapping.items()}
 
 
 __all__ = [

@@ -10,7 +10,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 import vlmrl.envs  # noqa: F401  (registers the vlmrl/ env ids)
 from vlmrl.agents.frame_capture import FrameInInfo
-from vlmrl.config import EnvConfig, LabelerConfig, plain_dict
+from vlmrl.config import EnvConfig, LabelerConfig
+from vlmrl.config_loading import to_plain
 from vlmrl.errors import ConfigError
 from vlmrl.reward_labelers.base import FrameRewardLabeler
 
@@ -20,7 +21,7 @@ def make_env(config: EnvConfig, render_size: tuple[int, int] | None = None) -> g
 
     ``render_size`` = (width, height) overrides the config's size (e.g. bigger frames for videos).
     """
-    kwargs = plain_dict(config.kwargs)
+    kwargs = to_plain(config.kwargs)
     if config.id.startswith("vlmrl/"):
         width, height = render_size or (config.render_width, config.render_height)
         kwargs.update(render_width=width, render_height=height)

@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from vlmrl.config import ExperimentConfig, load_config, plain_dict
-from vlmrl.config_loading import load_yaml
+from vlmrl.config import ExperimentConfig, load_config
+from vlmrl.config_loading import load_yaml, to_plain
 from vlmrl.errors import ConfigError, UserError
 
 DESCRIPTION = """\
@@ -174,7 +174,7 @@ def train_online(config: ExperimentConfig, run_dir: Path, resume: bool, progress
                     algo,
                     pipeline.env,
                     policy=config.agent.policy,
-                    hyperparams=plain_dict(config.agent.hyperparams),
+                    hyperparams=to_plain(config.agent.hyperparams),
                     seed=seed,
                     device=config.agent.device,
                     tensorboard_dir=run_dir / "tb",
