@@ -224,12 +224,17 @@ class ClipRewardLabeler(FrameRewardLabeler):
         for start in range(0, len(frames), self.batch_size):
             yield frames[start : start + self.batch_size]
 
+    @torch.inference_mode()
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The image encoder alone on preprocessed pixels (``preprocess`` output): raw
+        embeddings ``[N, D]`` on the device, under autocast on CUDA."""
+        with self._autocast():
+            return self.backend.encode_images(pixels)
+
     def _embed(self, frames: np.ndarray) -> torch.Tensor:
         """Normalised float32 embeddings ``[N, D]`` on the device for a chunk of frames."""
         pixels = preprocess_frames(self._to_device(frames), self.backend.preprocessing)
-        with self._autocast():
-            embeddings = self.backend.encode_images(pixels)
-        return F.normalize(embeddings.float(), dim=-1)
+        return F.normalize(self.encode_pixels(pixels).float(), dim=-1)
 
     def _to_device(self, frames: np.ndarray) -> torch.Tensor:
         # uint8 is 4x smaller than float: move it to the device before converting.

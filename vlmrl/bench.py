@@ -151,12 +151,7 @@ def run_clip_bench(args: argparse.Namespace) -> int:
         batch = frames[:batch_size]
         pixels = labeler.preprocess(batch)
 
-        def encode() -> int:
-            with torch.inference_mode(), labeler._autocast():
-                labeler.backend.encode_images(pixels)
-            return batch_size
-
-        encoder_rate = best_rate(encode, args.repeats)
+        encoder_rate = best_rate(lambda: len(labeler.encode_pixels(pixels)), args.repeats)
         label_rate = best_rate(lambda: len(labeler.label(batch)), args.repeats)
         net_rate = best_rate(lambda: len(net.predict(batch)), args.repeats)
         rows.append(

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from vlmrl.config import ExperimentConfig, load_config
-from vlmrl.config_loading import load_yaml, to_plain
+from vlmrl.config_loading import apply_overrides, build_dataclass, load_yaml, to_plain
 from vlmrl.errors import ConfigError, UserError
 
 DESCRIPTION = """\
@@ -115,8 +115,6 @@ def _is_offline(config_path: str) -> bool:
 def _resume_overrides(config: ExperimentConfig, overrides: list[str], run_dir: Path) -> ExperimentConfig:
     if any(not o.startswith("agent.total_timesteps=") for o in overrides):
         raise ConfigError("with --resume only agent.total_timesteps may be overridden")
-    from vlmrl.config_loading import apply_overrides, build_dataclass
-
     data = apply_overrides(config.to_dict(), overrides, str(run_dir / "config.yaml"))
     updated = build_dataclass(ExperimentConfig, data, str(run_dir / "config.yaml"))
     (run_dir / "config.yaml").write_text(updated.to_yaml())
