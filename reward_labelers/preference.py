@@ -90,6 +90,27 @@ class PairOutcome:
     requests: int = 1
 
 
+@dataclass
+class PairPlan:
+    """What :meth:`PreferenceLabeler.plan` decided for a batch of ``N`` pairs before any query.
+
+    Attributes:
+        goal, config_json: what the store keys were built from.
+        keys, hashes: store key and ``(first, second)`` frame hashes of each pair, ``N`` each.
+        labels: float32 ``[N]``; stored labels filled in, NaN elsewhere (``record`` fills the rest).
+        to_ask: store key -> indices of the pairs with that key, one entry per query to make.
+        true_rewards: the ``(r_first, r_second)`` float64 ``[N]`` arrays given, or None.
+    """
+
+    goal: str
+    config_json: str
+    keys: list[str]
+    hashes: list[tuple[str, str]]
+    labels: np.ndarray
+    to_ask: dict[str, list[int]]
+    true_rewards: tuple[np.ndarray, np.ndarray] | None
+
+
 def mean_abs_difference(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """Mean absolute pixel difference per pair, in uint8 levels: float64 ``[N]``."""
     n = first.shape[0]
@@ -166,6 +187,36 @@ class PreferenceLabeler(ABC):
             NaN when the VLM was unsure, saw no difference, gave an unparseable answer, the
             query failed, or the frames were (near-)identical.
         """
+        first, second = check_frames(first), check_frames(second)
+        plan = self.plan(first, second, goal, true_rewards)
+        if not plan.to_ask:
+            return plan.labels
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(plan.to_ask))) as pool:
+            futures = {
+                pool.submit(self.ask, first[idx[0]], second[idx[0]], goal): key for key, idx in plan.to_ask.items()
+            }
+            try:
+                # Record each answer the moment it arrives: a killed run keeps everything paid for.
+                for future in as_completed(futures):
+                    key = futures[future]
+                    i = plan.to_ask[key][0]
+                    self.record(plan, key, future.result(), first[i], second[i])
+            except BaseException:
+                # Ctrl-C or a bug: start no new queries; those in flight end within their timeout.
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+        return plan.labels
+
+    def plan(
+        self,
+        first: np.ndarray,
+        second: np.ndarray,
+        goal: str,
+        true_rewards: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> PairPlan:
+        """Everything ``compare`` decides before querying: store keys, skipped identical pairs,
+        labels already in the store, and the distinct pairs still to ask (same arguments as
+        ``compare``). Counts ``skipped_identical`` and ``cached``."""
         first = check_frames(first)
         second = check_frames(second)
         if first.shape != second.shape:
@@ -173,19 +224,17 @@ class PreferenceLabeler(ABC):
         n = first.shape[0]
         rewards = self._check_true_rewards(true_rewards, n)
         labels = np.full(n, np.nan, dtype=np.float32)
-        if n == 0:
-            return labels
-
         config_json = canonical_config(self.config)
         hashes = [(frame_hash(first[i]), frame_hash(second[i])) for i in range(n)]
         keys = [pair_key(h1, h2, goal, config_json) for h1, h2 in hashes]
+        to_ask: dict[str, list[int]] = {}
+        if n == 0:
+            return PairPlan(goal, config_json, keys, hashes, labels, to_ask, rewards)
 
         identical = mean_abs_difference(first, second) < self.identical_threshold
         self.stats.skipped_identical += int(identical.sum())
         stored = self.store.get_many([k for k, same in zip(keys, identical) if not same]) if self.store else {}
-
-        # Indices still to ask, one per distinct key (a batch may repeat a pair).
-        to_ask: dict[str, list[int]] = {}
+        # One query per distinct key (a batch may repeat a pair).
         for i in range(n):
             if identical[i]:
                 continue
@@ -195,29 +244,30 @@ class PreferenceLabeler(ABC):
                 self.stats.cached += 1
             else:
                 to_ask.setdefault(keys[i], []).append(i)
-        if not to_ask:
-            return labels
+        return PairPlan(goal, config_json, keys, hashes, labels, to_ask, rewards)
 
-        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(to_ask))) as pool:
-            futures = {
-                pool.submit(self.ask, first[idx[0]], second[idx[0]], goal): key for key, idx in to_ask.items()
-            }
-            try:
-                # Record each answer the moment it arrives: a killed run keeps everything paid for.
-                for future in as_completed(futures):
-                    key = futures[future]
-                    indices = to_ask[key]
-                    outcome = future.result()
-                    self._count(outcome)
-                    labels[indices] = outcome.label
-                    if self.store is not None:
-                        i = indices[0]
-                        self._record(key, hashes[i], goal, config_json, outcome, first[i], second[i], rewards, i)
-            except BaseException:
-                # Ctrl-C or a bug: start no new queries; those in flight end within their timeout.
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-        return labels
+    def ask_many(self, first: np.ndarray, second: np.ndarray, goal: str) -> list[PairOutcome]:
+        """Ask about every pair, ``max_concurrency`` at a time, and return the outcomes in order.
+
+        No store lookup, no identical-pair skip, nothing recorded or counted: this is the part a
+        remote worker runs while one process (``plan`` / ``record``) owns the label store.
+        """
+        first, second = check_frames(first), check_frames(second)
+        if len(first) == 0:
+            return []
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(first))) as pool:
+            return list(pool.map(self.ask, first, second, [goal] * len(first)))
+
+    def record(self, plan: PairPlan, key: str, outcome: PairOutcome, first: np.ndarray, second: np.ndarray) -> None:
+        """Count ``outcome`` (the answer to ``plan.to_ask[key]``), put its label into
+        ``plan.labels`` and commit it to the store. ``first``/``second``: that pair's uint8
+        ``[H, W, 3]`` frames (for the stored thumbnails)."""
+        self._count(outcome)
+        indices = plan.to_ask[key]
+        plan.labels[indices] = outcome.label
+        if self.store is not None:
+            self._record(key, plan.hashes[indices[0]], plan.goal, plan.config_json, outcome, first, second,
+                         plan.true_rewards, indices[0])
 
     def _count(self, outcome: PairOutcome) -> None:
         self.stats.asked += 1
@@ -280,6 +330,7 @@ class PreferenceLabeler(ABC):
 __all__ = [
     "DEFAULT_IDENTICAL_THRESHOLD",
     "PairOutcome",
+    "PairPlan",
     "PreferenceLabeler",
     "PreferenceStats",
     "mean_abs_difference",

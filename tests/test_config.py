@@ -27,6 +27,10 @@ def test_relabel_and_offline_configs_load():
     from vlmrl.relabel import load_relabel_config
 
     assert load_relabel_config(REPO / "configs/pendulum_relabel_oracle_pref.yaml").kind == "preference"
+    vllm = load_relabel_config(REPO / "configs/pendulum_relabel_vllm_pref.yaml").preference.teacher
+    assert (vllm.kind, vllm.base_url) == ("openai", "http://127.0.0.1:8000/v1")
+    hosted = load_relabel_config(REPO / "configs/pendulum_relabel_hosted_pref.yaml").preference.teacher
+    assert hosted.base_url.startswith("https://") and hosted.api_key_env == "OPENAI_API_KEY"
     assert load_offline_config(REPO / "configs/pendulum_offline_iql.yaml").agent.algo == "iql"
 
 

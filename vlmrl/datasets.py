@@ -460,9 +460,13 @@ def read_frames(
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
-def gather_frames(dataset: OfflineDataset, frames_key: str | None, indices: np.ndarray) -> np.ndarray:
-    """Frames at arbitrary global indices, uint8 ``[len(indices), H, W, 3]``."""
-    counts = frame_counts(dataset, frames_key)
+def gather_frames(dataset: OfflineDataset, frames_key: str | None, indices: np.ndarray,
+                  counts: list[int] | None = None) -> np.ndarray:
+    """Frames at arbitrary global indices, uint8 ``[len(indices), H, W, 3]``.
+
+    ``counts``: frames per episode (:func:`frame_counts`), when the caller already has them.
+    """
+    counts = frame_counts(dataset, frames_key) if counts is None else counts
     starts = np.concatenate([[0], np.cumsum(counts)])
     episodes = np.searchsorted(starts, indices, side="right") - 1
     out = []
@@ -568,6 +572,14 @@ class MinariWriter:
             _link_or_copy(frames_from, target)
             self._has_frames = True
         self._episodes += 1
+
+    def open_frames(self, n_frames: int, height: int, width: int) -> np.memmap:
+        """A writable memory map for the frames (uint8 ``[n_frames, height, width, 3]``) of the
+        episode added next, for frames too many to hold in memory; add the episode without
+        ``frames`` afterwards."""
+        self._has_frames = True
+        path = frame_file(self.staging, self._episodes)
+        return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n_frames, height, width, 3))
 
     def publish(self, metadata: dict[str, Any]) -> Path:
         """Write the metadata and rename the staging directory to the dataset's directory."""

@@ -32,6 +32,10 @@ checkpointed there (``chunks/chunk_<k>.npy``, each written atomically), the fitt
 too, and labels live in the label store. A killed relabel started again with the same arguments
 continues where it stopped and produces a byte-identical dataset; the output directory appears
 only at the end, by an atomic rename.
+
+On Ray (``pip install 'vlmrl[ray]'``): add ``--engine ray --workers N`` (``--gpus-per-worker 1``
+for one GPU per labeler actor, ``--address auto`` to join a ``ray start`` cluster). Same chunks,
+same output; this process stays the only writer (chunk files, label store, dataset).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ import dataclasses
 import json
 import os
 import shutil
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -209,6 +215,122 @@ def relabel_batch(
     return rewards
 
 
+@dataclass(frozen=True)
+class LabelerSpec:
+    """How to build a :class:`LabelerState` in any process: configs and the reward model's file
+    contents, never a loaded model, so a Ray worker loads its own copy (on its own GPU).
+
+    ``reward_model_files``: the bytes of ``<model>.json`` and ``<model>.safetensors``.
+    """
+
+    kind: str
+    inputs: Literal["frames", "observations", "none"]
+    seed: int = 0
+    device: str = "auto"
+    oracle: OracleConfig = field(default_factory=OracleConfig)
+    clip: ClipConfig | None = None
+    reward_model_files: tuple[bytes, bytes] | None = None
+
+    @classmethod
+    def for_reward_model(cls, kind: str, inputs: Literal["frames", "observations"], path: Path | str,
+                         device: str) -> LabelerSpec:
+        from vlmrl.reward_nets import _base_path, _with_suffix
+
+        base = _base_path(path)
+        files = (_with_suffix(base, ".json").read_bytes(), _with_suffix(base, ".safetensors").read_bytes())
+        return cls(kind, inputs, device=device, reward_model_files=files)
+
+
+def build_labeler_state(spec: LabelerSpec) -> LabelerState:
+    """Load the labeler a spec describes (CLIP weights, reward model) in this process."""
+    if spec.kind == "oracle":
+        return LabelerState("oracle", spec.oracle, "none", seed=spec.seed)
+    if spec.kind == "clip":
+        from vlmrl.config import LabelerConfig
+        from vlmrl.factory import make_frame_labeler
+
+        return LabelerState("clip", make_frame_labeler(LabelerConfig(kind="clip", device=spec.device, clip=spec.clip)))
+    import tempfile
+
+    from vlmrl.reward_nets import RewardModel
+
+    with tempfile.TemporaryDirectory(prefix="vlmrl-reward-model-") as folder:
+        base = Path(folder) / "model"
+        Path(folder, "model.json").write_bytes(spec.reward_model_files[0])
+        Path(folder, "model.safetensors").write_bytes(spec.reward_model_files[1])
+        return LabelerState(spec.kind, RewardModel.load(base, device=spec.device), spec.inputs, seed=spec.seed)
+
+
+@dataclass
+class ChunkResult:
+    """Rewards of one chunk and what they cost: ``rewards`` float32 ``[n]``; seconds reading
+    its inputs and labelling them (in whichever process did it)."""
+
+    chunk: int
+    rewards: np.ndarray
+    read_s: float
+    label_s: float
+
+
+@dataclass
+class RelabelTimings:
+    """Where a relabel's time went, in seconds. ``read_s``/``label_s`` are summed over workers
+    (so with N workers they can exceed the wall time); ``write_s`` is the single writer saving
+    chunk checkpoints; ``publish_s`` writes the new dataset. ``duplicates``: chunk results that
+    arrived twice (a retried worker) and were dropped."""
+
+    total_s: float = 0.0
+    labels_s: float = 0.0
+    read_s: float = 0.0
+    label_s: float = 0.0
+    write_s: float = 0.0
+    publish_s: float = 0.0
+    chunks: int = 0
+    duplicates: int = 0
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """The chunks a relabel still has to label: global frame ranges ``[first, stop)`` and what a
+    worker needs to read them (dataset, frame counts per episode, per-frame true rewards and
+    observations)."""
+
+    source: str
+    datasets_root: str
+    frames_key: str | None
+    counts: tuple[int, ...]
+    chunks: tuple[tuple[int, int, int], ...]  # (chunk index, first, stop)
+
+    def read_inputs(self, dataset: Any, first: int, stop: int, inputs: str) -> np.ndarray | None:
+        from vlmrl.datasets import read_frames
+
+        if inputs != "frames":
+            return None
+        starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        return read_frames(dataset, self.frames_key, list(self.counts), starts, first, stop)
+
+
+def reopenable_source(dataset: Any) -> str:
+    """What ``open_dataset`` needs to open ``dataset`` again from any working directory."""
+    path = getattr(dataset, "path", None)  # .npz datasets
+    return str(Path(path).resolve()) if path is not None else dataset.name
+
+
+def label_chunks_locally(spec: LabelerSpec, plan: ChunkPlan, index: FrameIndex) -> Iterator[ChunkResult]:
+    """Label the planned chunks one after the other in this process."""
+    from vlmrl.datasets import open_dataset
+
+    state = build_labeler_state(spec)
+    dataset = open_dataset(plan.source)
+    for chunk, first, stop in plan.chunks:
+        start = time.perf_counter()
+        frames = plan.read_inputs(dataset, first, stop, spec.inputs)
+        observations = index.observations[first:stop] if index.observations is not None else None
+        read = time.perf_counter()
+        rewards = relabel_batch(state, frames, index.true_rewards[first:stop], observations, chunk)
+        yield ChunkResult(chunk, rewards, read - start, time.perf_counter() - read)
+
+
 # -- the dataset-level driver --------------------------------------------------------------------
 
 
@@ -296,11 +418,16 @@ class WorkDir:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def relabel(source_id: str, config: RelabelConfig, out_id: str, show_progress: bool = True) -> Path:
+def relabel(source_id: str, config: RelabelConfig, out_id: str, show_progress: bool = True,
+            engine: Literal["local", "ray"] = "local", ray_options: Any = None,
+            timings: RelabelTimings | None = None) -> Path:
     """Relabel ``source_id`` (Minari id or ``.npz`` path) into the new Minari dataset ``out_id``.
 
+    ``engine``: ``local`` labels chunk after chunk in this process; ``ray`` labels them on a Ray
+    cluster (``ray_options``: a :class:`vlmrl.relabel_ray.RayOptions`), with the same result.
+    Either way this process is the only writer (chunk checkpoints, label store, dataset).
     Validates everything first: bad input raises :class:`UserError` with nothing written.
-    Returns the published dataset directory.
+    ``timings``, when given, is filled in. Returns the published dataset directory.
     """
     from tqdm import tqdm
 
@@ -309,11 +436,13 @@ def relabel(source_id: str, config: RelabelConfig, out_id: str, show_progress: b
         MinariWriter,
         check_dataset_id,
         dataset_dir,
+        datasets_root,
         open_dataset,
-        read_frames,
         validate_dataset,
     )
 
+    started = time.perf_counter()
+    timings = timings if timings is not None else RelabelTimings()
     check_dataset_id(out_id)
     if dataset_dir(out_id).exists():
         raise UserError(f"dataset {out_id!r} already exists at {dataset_dir(out_id)}; datasets are immutable, pick a new --out")
@@ -327,47 +456,63 @@ def relabel(source_id: str, config: RelabelConfig, out_id: str, show_progress: b
     need_frames = labeller_needs_frames or net_needs_frames
     validate_dataset(dataset, config.frames_key, need_frames=need_frames)
     index = build_frame_index(dataset, config.frames_key, config.reward_frame, need_frames, need_observations)
+    if engine == "ray":
+        from vlmrl.relabel_ray import connect
+
+        ray_options = connect(ray_options)  # fail on a bad --address or too few CPUs before any work
 
     fingerprint = json.dumps({"core": CORE_VERSION, "source": str(source_id), "out": out_id,
                               "config": config_dict(config)}, sort_keys=True)
     work = WorkDir(out_id, fingerprint)
     label_info: dict[str, Any] = {}
     if config.kind == "preference":
-        state, label_info = _fit_preference_model(dataset, config, index, work, show_progress)
+        labels_started = time.perf_counter()
+        spec, label_info = _fit_preference_model(dataset, config, index, work, show_progress, engine, ray_options)
+        timings.labels_s = time.perf_counter() - labels_started
     elif config.kind == "reward_model":
-        model = _load_reward_model(config)
-        state = LabelerState("reward_model", model, "frames" if net_needs_frames else "observations")
+        spec = LabelerSpec.for_reward_model("reward_model", "frames" if net_needs_frames else "observations",
+                                            config.reward_model.path, config.device)
         label_info = {"reward_model": config.reward_model.path}
     elif config.kind == "clip":
-        from vlmrl.config import LabelerConfig
-        from vlmrl.factory import make_frame_labeler
-
-        labeler = make_frame_labeler(LabelerConfig(kind="clip", device=config.device, clip=config.clip))
-        state = LabelerState("clip", labeler, "frames")
+        spec = LabelerSpec("clip", "frames", device=config.device, clip=config.clip)
     else:
-        state = LabelerState("oracle", config.oracle, "none", seed=config.seed)
+        spec = LabelerSpec("oracle", "none", seed=config.seed, oracle=config.oracle)
 
     # Per-frame rewards, chunk by chunk; finished chunks are loaded back, never recomputed.
     chunk_size = config.chunk_size
     n_chunks = (index.total + chunk_size - 1) // chunk_size
-    per_frame = np.empty(index.total, dtype=np.float32)
-    done = {k for k in range(n_chunks) if work.chunk_path(k).is_file()}
+    bounds = [(k, k * chunk_size, min((k + 1) * chunk_size, index.total)) for k in range(n_chunks)]
+    pending = tuple(b for b in bounds if not work.chunk_path(b[0]).is_file())
+    plan = ChunkPlan(reopenable_source(dataset), str(datasets_root().resolve()), config.frames_key, tuple(index.counts), pending)
     bar = tqdm(total=index.total, desc=f"relabel {out_id}", unit="frame", disable=not show_progress,
-               initial=sum(min(chunk_size, index.total - k * chunk_size) for k in done))
-    for chunk in range(n_chunks):
-        first, stop = chunk * chunk_size, min((chunk + 1) * chunk_size, index.total)
-        rewards = work.load_chunk(chunk)
-        if rewards is None:
-            frames = (read_frames(dataset, config.frames_key, index.counts, index.starts, first, stop)
-                      if state.inputs == "frames" else None)
-            observations = index.observations[first:stop] if index.observations is not None else None
-            rewards = relabel_batch(state, frames, index.true_rewards[first:stop], observations, chunk)
-            work.save_chunk(chunk, rewards)
-            bar.update(stop - first)
-        per_frame[first:stop] = rewards
+               initial=index.total - sum(stop - first for _, first, stop in pending))
+    if engine == "ray":
+        from vlmrl.relabel_ray import label_chunks_on_ray
+
+        results = label_chunks_on_ray(spec, plan, index, ray_options)
+    else:
+        results = label_chunks_locally(spec, plan, index)
+    missing = {chunk for chunk, _, _ in pending}
+    for result in results:
+        if result.chunk not in missing:  # a retried worker's second answer: already saved
+            timings.duplicates += 1
+            continue
+        write_started = time.perf_counter()
+        work.save_chunk(result.chunk, result.rewards)
+        timings.write_s += time.perf_counter() - write_started
+        timings.read_s += result.read_s
+        timings.label_s += result.label_s
+        timings.chunks += 1
+        missing.discard(result.chunk)
+        bar.update(len(result.rewards))
     bar.close()
+    if missing:
+        raise RuntimeError(f"relabel engine {engine!r} returned no rewards for {len(missing)} chunk(s), e.g. "
+                           f"{sorted(missing)[:5]}; run the same command again to finish them")
+    per_frame = np.concatenate([work.load_chunk(chunk) for chunk in range(n_chunks)]) if n_chunks else np.empty(0, np.float32)
 
     # Publish: a new dataset written in the work dir, then renamed into place.
+    publish_started = time.perf_counter()
     episode_rewards = index.split(per_frame)
     writer = MinariWriter(out_id, dataset.observation_space, dataset.action_space,
                           env_spec=_env_spec(dataset), staging=work.path / "staging")
@@ -386,6 +531,8 @@ def relabel(source_id: str, config: RelabelConfig, out_id: str, show_progress: b
         writer.discard()
         raise
     work.remove()
+    timings.publish_s = time.perf_counter() - publish_started
+    timings.total_s = time.perf_counter() - started
     return target
 
 
@@ -439,7 +586,7 @@ def _load_reward_model(config: RelabelConfig) -> Any:
     return RewardModel.load(config.reward_model.path, device=config.device)
 
 
-def make_preference_labeler(teacher: TeacherConfig, store_path: Path) -> Any:
+def make_preference_labeler(teacher: TeacherConfig, store_path: Path | None) -> Any:
     """The preference labeler a teacher config names (``compare(first, second, goal, true_rewards)``)."""
     if teacher.kind == "oracle":
         from vlmrl.reward_labelers.oracle_teacher import OracleTeacher
@@ -469,8 +616,13 @@ def sample_pairs(usable: np.ndarray, n_pairs: int, rng: np.random.Generator) -> 
 
 
 def _fit_preference_model(dataset: Any, config: RelabelConfig, index: FrameIndex, work: WorkDir,
-                          show_progress: bool) -> tuple[LabelerState, dict[str, Any]]:
-    """Label pairs (through the label store), fit the Bradley-Terry ensemble, save it in ``work``."""
+                          show_progress: bool, engine: str = "local",
+                          ray_options: Any = None) -> tuple[LabelerSpec, dict[str, Any]]:
+    """Label pairs (through the label store), fit the Bradley-Terry ensemble, save it in ``work``.
+
+    With ``engine: ray`` and a VLM teacher, Ray workers ask the VLM and this process commits
+    their answers to the store; the labels (and so the model) are the same as with ``local``.
+    """
     import torch
     from tqdm import tqdm
 
@@ -487,21 +639,26 @@ def _fit_preference_model(dataset: Any, config: RelabelConfig, index: FrameIndex
     summary_path = work.path / "labels.json"
     if summary_path.is_file() and model_path.with_suffix(".json").is_file():
         info = json.loads(summary_path.read_text())
-        return LabelerState("preference", RewardModel.load(model_path, device=config.device), inputs), info
+        return LabelerSpec.for_reward_model("preference", inputs, model_path, config.device), info
 
     labeler = make_preference_labeler(pref.teacher, store_path)
     rng = np.random.default_rng(pref.seed)
-    pairs, labels = [], []
     rounds = (pref.budget + pref.pairs_per_round - 1) // pref.pairs_per_round
+    pairs = [sample_pairs(index.usable, min(pref.pairs_per_round, pref.budget - r * pref.pairs_per_round), rng)
+             for r in range(rounds)]
     frames_needed = pref.teacher.kind != "oracle"
-    for round_index in tqdm(range(rounds), desc="preference labels", unit="round", disable=not show_progress):
-        n = min(pref.pairs_per_round, pref.budget - round_index * pref.pairs_per_round)
-        batch = sample_pairs(index.usable, n, rng)
-        first = gather_frames(dataset, config.frames_key, batch[:, 0]) if frames_needed else None
-        second = gather_frames(dataset, config.frames_key, batch[:, 1]) if frames_needed else None
-        true = (index.true_rewards[batch[:, 0]], index.true_rewards[batch[:, 1]])
-        labels.append(np.asarray(labeler.compare(first, second, pref.goal, true_rewards=true), dtype=np.float32))
-        pairs.append(batch)
+    if engine == "ray" and frames_needed:
+        from vlmrl.relabel_ray import label_pairs_on_ray
+
+        labels = label_pairs_on_ray(labeler, pref.teacher, pref.goal, dataset, config.frames_key, pairs,
+                                    index.true_rewards, ray_options, show_progress)
+    else:
+        labels = []
+        for batch in tqdm(pairs, desc="preference labels", unit="round", disable=not show_progress):
+            first = gather_frames(dataset, config.frames_key, batch[:, 0]) if frames_needed else None
+            second = gather_frames(dataset, config.frames_key, batch[:, 1]) if frames_needed else None
+            true = (index.true_rewards[batch[:, 0]], index.true_rewards[batch[:, 1]])
+            labels.append(np.asarray(labeler.compare(first, second, pref.goal, true_rewards=true), dtype=np.float32))
     pairs_all, labels_all = np.concatenate(pairs), np.concatenate(labels)
     keep = ~np.isnan(labels_all)
     if not keep.any():
@@ -534,88 +691,13 @@ def _fit_preference_model(dataset: Any, config: RelabelConfig, index: FrameIndex
     info = {"label_store": str(store_path.resolve()), "counts": counts, "reward_fit": metrics,
             "teacher": repr(labeler)}
     _atomic_write_bytes(summary_path, json.dumps(info, sort_keys=True).encode())
-    return LabelerState("preference", RewardModel.load(model_path, device=config.device), inputs), info
+    return LabelerSpec.for_reward_model("preference", inputs, model_path, config.device), info
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-
-
-# -- benchmark -----------------------------------------------------------------------------------
-
-
-def run_relabel_bench(frames: int, kind: str = "reward_net", size: int = 224, chunk_size: int = 256,
-                      episode_length: int = 1000, root: str | Path | None = None,
-                      clip_model: str = "ViT-S-32", device: str = "cpu") -> dict[str, float]:
-    """Relabel a synthetic dataset of ``frames`` random frames (``size`` x ``size``) end to end.
-
-    ``kind``: ``reward_net`` (an untrained RL-VLM-F CNN ensemble of 3) or ``clip`` (a randomly
-    initialised open_clip ``clip_model``: same compute as real weights). Frames are written
-    to disk episode by episode (never all in memory). Returns frames/s of the relabel and the
-    peak RSS (MB) of this process.
-    """
-    import resource
-    import tempfile
-    import time
-
-    from vlmrl.datasets import MinariWriter, EpisodeData
-
-    import gymnasium as gym
-
-    tmp = tempfile.TemporaryDirectory(dir=root) if root is None or Path(root).exists() else None
-    bench_root = Path(tmp.name) if tmp is not None else Path(root)
-    previous = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(bench_root)
-    try:
-        obs_space = gym.spaces.Box(-1, 1, shape=(3,), dtype=np.float32)
-        act_space = gym.spaces.Box(-1, 1, shape=(1,), dtype=np.float32)
-        writer = MinariWriter("bench/source-v0", obs_space, act_space)
-        rng = np.random.default_rng(0)
-        remaining, episode = frames, 0
-        while remaining > 0:
-            n_frames = min(episode_length + 1, remaining) if remaining > 1 else 2
-            t = n_frames - 1
-            path = writer.staging / "frames" / f"episode_{episode}.npy"
-            out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n_frames, size, size, 3))
-            for start in range(0, n_frames, 256):
-                stop = min(start + 256, n_frames)
-                out[start:stop] = rng.integers(0, 256, size=(stop - start, size, size, 3), dtype=np.uint8)
-            out.flush()
-            del out
-            writer.add_episode(EpisodeData(episode, rng.standard_normal((t + 1, 3)).astype(np.float32),
-                                           rng.standard_normal((t, 1)).astype(np.float32),
-                                           np.zeros(t), np.zeros(t, bool), np.eye(1, t, t - 1, dtype=bool)[0]),
-                               frames_from=None)
-            writer._has_frames = True
-            remaining -= n_frames
-            episode += 1
-        writer.publish({})
-        if kind == "clip":
-            from vlmrl.config import ClipConfig
-
-            config = RelabelConfig(kind="clip", chunk_size=chunk_size, device=device, clip=ClipConfig(
-                goal_prompts=("a pole upright",), baseline_prompts=("a pole",), model=clip_model, pretrained=None))
-        else:
-            from vlmrl.reward_nets import RewardModel, RewardNetConfig
-
-            model_path = bench_root / "bench_reward_model"
-            RewardModel(RewardNetConfig(kind="cnn", input_size=64), ensemble_size=3, device=device).save(model_path)
-            config = RelabelConfig(kind="reward_model", chunk_size=chunk_size, device=device,
-                                   reward_model=RewardModelRelabelConfig(str(model_path)))
-        start = time.perf_counter()
-        relabel("bench/source-v0", config, "bench/relabelled-v0", show_progress=False)
-        seconds = time.perf_counter() - start
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return {"frames": float(frames), "seconds": seconds, "frames_per_s": frames / seconds, "peak_rss_mb": peak_mb}
-    finally:
-        if previous is None:
-            os.environ.pop("MINARI_DATASETS_PATH", None)
-        else:
-            os.environ["MINARI_DATASETS_PATH"] = previous
-        if tmp is not None:
-            tmp.cleanup()
 
 
 # -- CLI -----------------------------------------------------------------------------------------
@@ -635,6 +717,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="where frames come from: 'frames' (stored), 'observations' (image obs) or a dict-obs key")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a labeler config key")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    scale = parser.add_argument_group(
+        "Ray (pip install 'vlmrl[ray]')",
+        "--engine ray labels chunks (and VLM preference pairs) on a Ray cluster; this process stays the only "
+        "writer, and the output is the same dataset as --engine local. Workers read the dataset from its files: "
+        "on several machines, MINARI_DATASETS_PATH must be a shared filesystem mounted at the same path.",
+    )
+    scale.add_argument("--engine", choices=("local", "ray"), default="local", help="where labelling runs (default: local)")
+    scale.add_argument("--address", default=None,
+                       help="Ray cluster: 'auto' (joins `ray start` on this machine), 'ray://HOST:10001' "
+                            "(Ray client); default: start a local Ray instance")
+    scale.add_argument("--workers", type=int, default=1, help="labeler actors, each loading the model once (default: 1)")
+    scale.add_argument("--cpus-per-worker", type=float, default=None,
+                       help="CPUs per actor (default: share the cluster's CPUs, at most 1 each)")
+    scale.add_argument("--gpus-per-worker", type=float, default=0.0,
+                       help="GPUs per actor, e.g. 1 (or 0.5 to share one); default: 0 (CPU)")
     parser.set_defaults(func=run)
 
 
@@ -643,6 +740,12 @@ def run(args: argparse.Namespace) -> int:
     if args.frames_key is not None:
         overrides.append(f"frames_key={args.frames_key}")
     config = load_relabel_config(args.labeler, overrides)
-    path = relabel(args.dataset, config, args.out, show_progress=not args.no_progress)
+    ray_options = None
+    if args.engine == "ray":
+        from vlmrl.relabel_ray import RayOptions
+
+        ray_options = RayOptions(args.address, args.workers, args.cpus_per_worker, args.gpus_per_worker)
+    path = relabel(args.dataset, config, args.out, show_progress=not args.no_progress, engine=args.engine,
+                   ray_options=ray_options)
     print(f"wrote dataset {args.out} to {path}")
     return 0
