@@ -2,7 +2,7 @@
 # Install vlmrl into ./.venv on a fresh Debian/Ubuntu machine (Python 3.11, CPU or NVIDIA GPU).
 #   - system libraries for headless rendering (OSMesa for MuJoCo on CPU, EGL on GPU), via apt
 #     when it is available and we are root;
-#   - the package with its exact pins and the test/offline/transformers extras.
+#   - the package with its exact pins and the test/offline/transformers/ray extras.
 # Usage: bash install.sh            (then: . .venv/bin/activate)
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -245,3 +245,21 @@ def test_bench_relabel_reports_one_row_per_worker_count(capsys):
     assert [(row["engine"], row["workers"]) for row in rows] == [("ray", "1"), ("ray", "2")]
     for row in rows:
         assert row["frames"] == "300" and float(row["frames_per_s"]) > 0 and float(row["label_s"]) > 0
+
+
+def test_unreachable_address_fails_fast_with_a_clear_error(root, tmp_path):
+    import subprocess
+    import sys
+
+    collect("pendulum/random-v0", episodes=1, steps=5)
+    path = tmp_path / "oracle.yaml"
+    path.write_text("kind: oracle\n")
+    result = subprocess.run(  # Ray alone would retry an address nobody answers for minutes: timeout fails it
+        [sys.executable, "-m", "vlmrl.cli", "relabel", "pendulum/random-v0", "--labeler", str(path), "--out",
+         "pendulum/o-v0", "--engine", "ray", "--address", "127.0.0.1:1"],
+        env={**os.environ, "MINARI_DATASETS_PATH": str(root)}, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "--address '127.0.0.1:1'" in result.stderr and "ray start --head" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (root / "pendulum/o-v0").exists()

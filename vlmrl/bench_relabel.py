@@ -94,8 +94,9 @@ def run_relabel_bench(frames: int, kind: str = "reward_net", size: int = 224, ch
                       device: str = "cpu", engine: str = "local", workers: tuple[int, ...] = (1,),
                       gpus_per_worker: float = 0.0, address: str | None = None) -> list[dict[str, float]]:
     """Relabel one synthetic dataset once per setting: ``engine: local`` (one row) or ``ray``
-    (one row per entry of ``workers``). Returns rows with frames/s (end to end, Ray start-up
-    of the actors included), the driver's peak RSS (MB) and per-stage seconds."""
+    (one row per entry of ``workers``). Returns rows with frames/s (end to end; with Ray, the
+    actors' start-up and model loads are included, the cluster's start-up is not), the driver's
+    peak RSS (MB) and per-stage seconds."""
     from vlmrl.relabel import RelabelTimings, relabel
 
     settings = [(engine, 1)] if engine == "local" else [(engine, n) for n in workers]
@@ -106,9 +107,10 @@ def run_relabel_bench(frames: int, kind: str = "reward_net", size: int = 224, ch
         for i, (engine_name, n_workers) in enumerate(settings):
             options = None
             if engine_name == "ray":
-                from vlmrl.relabel_ray import RayOptions
+                from vlmrl.relabel_ray import RayOptions, connect
 
                 options = RayOptions(address=address, workers=n_workers, gpus_per_worker=gpus_per_worker)
+                connect(options)  # the cluster's own start-up is not the relabel's; actor start-up is
             timings = RelabelTimings()
             start = time.perf_counter()
             relabel(SOURCE_ID, config, f"bench/relabelled-{i}-v0", show_progress=False, engine=engine_name,

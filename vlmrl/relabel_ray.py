@@ -27,6 +27,7 @@ import dataclasses
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -90,6 +91,7 @@ def connect(options: RayOptions) -> RayOptions:
     except ImportError as error:
         raise UserError("--engine ray needs Ray: pip install 'vlmrl[ray]'") from error
     if not ray.is_initialized():
+        _check_reachable(options.address)
         try:
             ray.init(address=options.address, include_dashboard=False, logging_level=logging.WARNING,
                      log_to_driver=False)
@@ -117,6 +119,21 @@ def connect(options: RayOptions) -> RayOptions:
         )
     _quiet_ray_data()
     return options
+
+
+def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """Fail fast on a ``host:port`` nobody listens on: Ray itself retries for minutes."""
+    if address is None or address == "auto" or ":" not in address:
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as error:
+        raise UserError(
+            f"--address {address!r}: nothing answers at {host}:{port} ({error}); start the cluster with "
+            "`ray start --head` (port 6379; Ray client: 10001), or leave --address out to run a local one"
+        ) from error
 
 
 def _quiet_ray_data() -> None:
