@@ -257,6 +257,33 @@ class _PairBatcher:
             self._cond.notify_all()
 
 
+def hf_labeler_config(
+    model: str,
+    two_stage: bool = True,
+    max_new_tokens: int = 256,
+    answer_max_new_tokens: int = 16,
+    analysis_prompt: str = ANALYSIS_PROMPT,
+    labelling_prompt: str = LABELLING_PROMPT,
+    single_stage_prompt: str = SINGLE_STAGE_PROMPT,
+) -> dict[str, Any]:
+    """:attr:`HFPreferenceLabeler.config` for these arguments, without loading the model (a
+    process that only plans and records, e.g. the Ray driver, needs the store keys, not the VLM).
+
+    Device, dtype and batch size are left out: they change the arithmetic, not the question, so
+    a store filled on a GPU stays valid on another machine.
+    """
+    config: dict[str, Any] = {
+        "labeler": "hf-transformers",
+        "model": model,
+        "decoding": "greedy",
+        "answer_max_new_tokens": answer_max_new_tokens,
+        **prompt_key_fields(two_stage, analysis_prompt, labelling_prompt, single_stage_prompt),
+    }
+    if two_stage:
+        config["max_new_tokens"] = max_new_tokens
+    return config
+
+
 class HFPreferenceLabeler(PreferenceLabeler):
     """Compare frame pairs with a local transformers vision-language model.
 
@@ -346,18 +373,8 @@ class HFPreferenceLabeler(PreferenceLabeler):
 
     @property
     def config(self) -> Mapping[str, Any]:
-        # Device, dtype and batch size are left out: they change the arithmetic, not the question,
-        # so a store filled on a GPU stays valid on another machine.
-        config: dict[str, Any] = {
-            "labeler": "hf-transformers",
-            "model": self.model_name,
-            "decoding": "greedy",
-            "answer_max_new_tokens": self.answer_max_new_tokens,
-            **prompt_key_fields(self.two_stage, self.analysis_prompt, self.labelling_prompt, self.single_stage_prompt),
-        }
-        if self.two_stage:
-            config["max_new_tokens"] = self.max_new_tokens
-        return config
+        return hf_labeler_config(self.model_name, self.two_stage, self.max_new_tokens, self.answer_max_new_tokens,
+                                 self.analysis_prompt, self.labelling_prompt, self.single_stage_prompt)
 
     def ask(self, first: np.ndarray, second: np.ndarray, goal: str) -> PairOutcome:
         return self._batcher.ask(first, second, goal)

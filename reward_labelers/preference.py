@@ -327,7 +327,38 @@ class PreferenceLabeler(ABC):
         return r1, r2
 
 
+class StoreLedger(PreferenceLabeler):
+    """The label-store half of a labeler whose queries run elsewhere (e.g. Ray actors holding
+    the VLM): ``plan`` and ``record`` under the asking labeler's ``config``; it never asks.
+
+    Args:
+        config: the asking labeler's ``config`` (it makes the store keys).
+        store, identical_threshold, thumbnail_size: as for :class:`PreferenceLabeler`.
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        store: LabelStore | str | Path | None,
+        identical_threshold: float = DEFAULT_IDENTICAL_THRESHOLD,
+        thumbnail_size: int = 64,
+    ) -> None:
+        super().__init__(store, 1, identical_threshold, thumbnail_size)
+        self._config = dict(config)
+
+    def __repr__(self) -> str:
+        return f"StoreLedger({self._config.get('labeler')!r}, model={self._config.get('model')!r}, store={self.store!r})"
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        return self._config
+
+    def ask(self, first: np.ndarray, second: np.ndarray, goal: str) -> PairOutcome:
+        raise RuntimeError("a StoreLedger records answers asked elsewhere; it cannot ask a VLM itself")
+
+
 __all__ = [
+    "StoreLedger",
     "DEFAULT_IDENTICAL_THRESHOLD",
     "PairOutcome",
     "PairPlan",

@@ -263,3 +263,54 @@ def test_unreachable_address_fails_fast_with_a_clear_error(root, tmp_path):
     assert "--address '127.0.0.1:1'" in result.stderr and "ray start --head" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (root / "pendulum/o-v0").exists()
+
+
+HF_PREF_CONFIG = """\
+kind: preference
+device: cpu
+preference:
+  goal: the pendulum is upright
+  label_store: {store}
+  budget: 12
+  pairs_per_round: 6
+  net: mlp
+  hidden_size: 16
+  ensemble_size: 2
+  epochs: 3
+  teacher: {{kind: hf, model: "{model}", two_stage: false, batch_size: 3, max_new_tokens: 4}}
+"""
+
+
+def test_local_transformers_vlm_in_every_actor_labels_like_the_local_engine(root, tmp_path):
+    import json
+
+    from tiny_vlm import build_tiny_qwen2_vl
+
+    from vlmrl.label_store import LabelStore
+
+    # A tiny Qwen2-VL scripted to answer "0" (image 1 is better): real weights cannot run here.
+    model = build_tiny_qwen2_vl(tmp_path / "vlm", scripted_reply="0")
+    collect("pendulum/random-v0", episodes=2, steps=10)
+    stores = {}
+    for engine in ("local", "ray"):
+        stores[engine] = tmp_path / f"{engine}.sqlite"
+        path = tmp_path / f"{engine}.yaml"
+        path.write_text(HF_PREF_CONFIG.format(store=stores[engine], model=model))
+        relabel("pendulum/random-v0", load_relabel_config(path), f"pendulum/hf-{engine}-v0", show_progress=False,
+                engine=engine, ray_options=TWO_WORKERS if engine == "ray" else None)
+    rows = {}
+    for engine, store in stores.items():
+        with LabelStore(store) as labels:
+            rows[engine] = {row.key: (row.status, row.label, row.answer) for row in labels.iter_rows()}
+    # Same store keys (the driver's keys match the actors' VLM config), each answered once.
+    assert rows["ray"] == rows["local"] and len(rows["ray"]) == 12
+    assert {value for value in rows["ray"].values()} == {("answered", 1.0, "0")}
+    metadata = {}
+    for engine, store in stores.items():
+        text = (root / f"pendulum/hf-{engine}-v0/data/metadata.json").read_text()
+        text = text.replace(str(store.resolve()), "<store>").replace(str(store), "<store>").replace(f"hf-{engine}-v0", "<id>")
+        metadata[engine] = json.loads(text)
+        assert metadata[engine]["vlmrl"]["counts"]["pairs_labelled"] == 12
+    assert metadata["ray"] == metadata["local"]  # the teacher's description included: no device in it
+    for ours, theirs in zip(_episodes("pendulum/hf-ray-v0"), _episodes("pendulum/hf-local-v0")):
+        np.testing.assert_array_equal(ours.rewards, theirs.rewards)

@@ -65,9 +65,11 @@ CORE_VERSION = 1  # bump when relabel output for the same inputs changes
 @dataclass(frozen=True)
 class TeacherConfig:
     """The preference labeler. ``oracle``: B-Pref scripted teacher on the true rewards (no frames
-    needed); ``openai``: a VLM behind an OpenAI-compatible endpoint (RL-VLM-F two-stage prompt)."""
+    needed); ``openai``: a VLM behind an OpenAI-compatible endpoint (RL-VLM-F two-stage prompt);
+    ``hf``: a local transformers VLM (``model``: hub id or folder), ``batch_size`` pairs per
+    generate call, on the relabel's ``device`` (on Ray: each actor's own GPU)."""
 
-    kind: Literal["oracle", "openai"] = "oracle"
+    kind: Literal["oracle", "openai", "hf"] = "oracle"
     beta: float | None = None
     eps_mistake: float = 0.0
     eps_equal: float = 0.0
@@ -80,10 +82,22 @@ class TeacherConfig:
     max_concurrency: int = 4
     timeout_s: float = 60.0
     max_retries: int = 5
+    batch_size: int = 8
+    max_new_tokens: int = 256
 
     def __post_init__(self) -> None:
         if self.kind == "openai" and (not self.base_url or not self.model):
             raise ValueError("teacher.kind 'openai' needs base_url and model")
+        if self.kind == "hf" and not self.model:
+            raise ValueError("teacher.kind 'hf' needs model (a hub id or a local folder)")
+        for name in ("max_concurrency", "batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def pairs_in_flight(self) -> int:
+        """Pairs one labeler works on at once (HTTP requests, or one generate batch)."""
+        return self.batch_size if self.kind == "hf" else self.max_concurrency
 
 
 @dataclass(frozen=True)
@@ -586,8 +600,13 @@ def _load_reward_model(config: RelabelConfig) -> Any:
     return RewardModel.load(config.reward_model.path, device=config.device)
 
 
-def make_preference_labeler(teacher: TeacherConfig, store_path: Path | None) -> Any:
+def make_preference_labeler(teacher: TeacherConfig, store_path: Path | None, device: str = "auto") -> Any:
     """The preference labeler a teacher config names (``compare(first, second, goal, true_rewards)``)."""
+    if teacher.kind == "hf":
+        from vlmrl.reward_labelers.hf_preference import HFPreferenceLabeler
+
+        return HFPreferenceLabeler(model=teacher.model, store=store_path, two_stage=teacher.two_stage, device=device,
+                                   batch_size=teacher.batch_size, max_new_tokens=teacher.max_new_tokens)
     if teacher.kind == "oracle":
         from vlmrl.reward_labelers.oracle_teacher import OracleTeacher
 
@@ -641,7 +660,15 @@ def _fit_preference_model(dataset: Any, config: RelabelConfig, index: FrameIndex
         info = json.loads(summary_path.read_text())
         return LabelerSpec.for_reward_model("preference", inputs, model_path, config.device), info
 
-    labeler = make_preference_labeler(pref.teacher, store_path)
+    if engine == "ray" and pref.teacher.kind == "hf":
+        from vlmrl.reward_labelers.hf_preference import hf_labeler_config
+        from vlmrl.reward_labelers.preference import StoreLedger
+
+        # The VLM loads in the Ray actors only; this process just needs its store keys.
+        labeler = StoreLedger(hf_labeler_config(pref.teacher.model, pref.teacher.two_stage,
+                                                pref.teacher.max_new_tokens), store_path)
+    else:
+        labeler = make_preference_labeler(pref.teacher, store_path, config.device)
     rng = np.random.default_rng(pref.seed)
     rounds = (pref.budget + pref.pairs_per_round - 1) // pref.pairs_per_round
     pairs = [sample_pairs(index.usable, min(pref.pairs_per_round, pref.budget - r * pref.pairs_per_round), rng)
@@ -651,7 +678,7 @@ def _fit_preference_model(dataset: Any, config: RelabelConfig, index: FrameIndex
         from vlmrl.relabel_ray import label_pairs_on_ray
 
         labels = label_pairs_on_ray(labeler, pref.teacher, pref.goal, dataset, config.frames_key, pairs,
-                                    index.true_rewards, ray_options, show_progress)
+                                    index.true_rewards, ray_options, show_progress, config.device)
     else:
         labels = []
         for batch in tqdm(pairs, desc="preference labels", unit="round", disable=not show_progress):
@@ -689,7 +716,8 @@ def _fit_preference_model(dataset: Any, config: RelabelConfig, index: FrameIndex
     metrics = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in fit.metrics().items()
                if "second" not in k}
     info = {"label_store": str(store_path.resolve()), "counts": counts, "reward_fit": metrics,
-            "teacher": repr(labeler)}
+            # Not the HF labeler's repr: it names the device, and the dataset must not depend on where it ran.
+            "teacher": f"hf-transformers {pref.teacher.model}" if pref.teacher.kind == "hf" else repr(labeler)}
     _atomic_write_bytes(summary_path, json.dumps(info, sort_keys=True).encode())
     return LabelerSpec.for_reward_model("preference", inputs, model_path, config.device), info
 

@@ -12,10 +12,12 @@ same inputs as in a local run: the output is the same dataset. Ray restarts a ki
 retries its chunk; the writer keeps the first result per chunk and drops repeats, so no frame is
 lost or counted twice, and a killed driver resumes from the saved chunks like a local relabel.
 
-VLM preference pairs (``kind: preference`` with ``teacher.kind: openai``) go the same way: this
-process looks every pair up in the label store first, actors ask the endpoint only for the
-missing ones (``teacher.max_concurrency`` requests in flight per actor) and return the answers,
-and this process commits them: the label store has one writer.
+VLM preference pairs (``kind: preference`` with ``teacher.kind: openai`` or ``hf``) go the same
+way: this process looks every pair up in the label store first, actors ask only about the
+missing ones and return the answers, and this process commits them: the label store has one
+writer. An ``openai`` actor keeps ``teacher.max_concurrency`` requests in flight; an ``hf``
+actor loads the VLM once (on its GPU with ``--gpus-per-worker 1``) and generates
+``teacher.batch_size`` pairs per batch.
 
 Workers read the dataset from its files: on a multi-machine cluster, ``MINARI_DATASETS_PATH``
 must be a filesystem every node mounts at the same path, and vlmrl must be installed on every node.
@@ -148,11 +150,13 @@ def _quiet_ray_data() -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-run INFO lines; full logs stay in /tmp/ray
 
 
-def _actor_args(options: RayOptions) -> dict[str, Any]:
+def _actor_args(options: RayOptions, n_batches: int) -> dict[str, Any]:
+    """Ray Data arguments of a pool of ``options.workers`` actors (fewer when there are only
+    ``n_batches`` batches: an actor without work would load its model for nothing)."""
     import ray
 
     return {
-        "compute": ray.data.ActorPoolStrategy(size=options.workers),
+        "compute": ray.data.ActorPoolStrategy(size=max(1, min(options.workers, n_batches))),
         "num_cpus": options.cpus_per_worker,
         "num_gpus": options.gpus_per_worker,
         # Nothing about retries: Ray Data's actor pools already restart a killed actor and retry
@@ -224,7 +228,7 @@ def label_chunks_on_ray(spec: LabelerSpec, plan: ChunkPlan, index: FrameIndex,
     data = data.map_batches(_read_chunk_inputs, fn_kwargs={"plan": plan, "inputs": spec.inputs},
                             batch_size=1, batch_format="numpy", num_cpus=READ_TASK_CPUS)
     data = data.map_batches(_ChunkLabeler, fn_constructor_kwargs={"spec": spec}, batch_size=1,
-                            batch_format="numpy", **_actor_args(options))
+                            batch_format="numpy", **_actor_args(options, len(rows)))
     for batch in data.iter_batches(batch_size=None, batch_format="numpy"):
         for i in range(len(batch["chunk"])):
             yield ChunkResult(int(batch["chunk"][i]), np.asarray(batch["rewards"][i], dtype=np.float32),
@@ -238,8 +242,8 @@ class _PairAsker:
     """Ray Data actor: one endpoint client (no label store), asks about a batch of pairs."""
 
     def __init__(self, teacher: TeacherConfig, goal: str, datasets_root: str, source: str,
-                 frames_key: str | None, counts: list[int]) -> None:
-        self.labeler = make_preference_labeler(teacher, None)
+                 frames_key: str | None, counts: list[int], device: str) -> None:
+        self.labeler = make_preference_labeler(teacher, None, device)  # an HF VLM loads here, once
         self.goal = goal
         self.dataset = _open_dataset(datasets_root, source)
         self.frames_key = frames_key
@@ -265,7 +269,7 @@ class _PairAsker:
 
 def label_pairs_on_ray(labeler: Any, teacher: TeacherConfig, goal: str, dataset: Any, frames_key: str | None,
                        pairs: list[np.ndarray], true_rewards: np.ndarray, options: RayOptions,
-                       show_progress: bool = True) -> list[np.ndarray]:
+                       show_progress: bool = True, device: str = "auto") -> list[np.ndarray]:
     """Preference labels of every round of ``pairs`` (int ``[n, 2]`` global frame indices each),
     float32 ``[n]`` per round, exactly as ``labeler.compare`` would give them round by round.
 
@@ -292,14 +296,15 @@ def label_pairs_on_ray(labeler: Any, teacher: TeacherConfig, goal: str, dataset:
 
     rows = [{"key": key, "first_index": int(pairs[r][i, 0]), "second_index": int(pairs[r][i, 1])}
             for key, (r, i) in first_seen.items()]
-    per_actor = max(1, teacher.max_concurrency)
-    data = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // per_actor))
+    per_actor = teacher.pairs_in_flight
+    n_batches = -(-len(rows) // per_actor)
+    data = ray.data.from_items(rows, override_num_blocks=n_batches)
     data = data.map_batches(
         _PairAsker,
         fn_constructor_kwargs={"teacher": teacher, "goal": goal, "datasets_root": str(datasets_root().resolve()),
                                "source": reopenable_source(dataset),
-                               "frames_key": frames_key, "counts": counts},
-        batch_size=per_actor, batch_format="numpy", **_actor_args(options),
+                               "frames_key": frames_key, "counts": counts, "device": device},
+        batch_size=per_actor, batch_format="numpy", **_actor_args(options, n_batches),
     )
     bar = tqdm(total=len(rows), desc="preference labels", unit="pair", disable=not show_progress)
     recorded: set[str] = set()
