@@ -248,11 +248,10 @@ class LabelerSpec:
     @classmethod
     def for_reward_model(cls, kind: str, inputs: Literal["frames", "observations"], path: Path | str,
                          device: str) -> LabelerSpec:
-        from vlmrl.reward_nets import _base_path, _with_suffix
+        from vlmrl.reward_nets import model_files
 
-        base = _base_path(path)
-        files = (_with_suffix(base, ".json").read_bytes(), _with_suffix(base, ".safetensors").read_bytes())
-        return cls(kind, inputs, device=device, reward_model_files=files)
+        json_file, weights_file = model_files(path)
+        return cls(kind, inputs, device=device, reward_model_files=(json_file.read_bytes(), weights_file.read_bytes()))
 
 
 def build_labeler_state(spec: LabelerSpec) -> LabelerState:

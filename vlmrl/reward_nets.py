@@ -268,6 +268,12 @@ def _with_suffix(base: Path, suffix: str) -> Path:
     return base.parent / (base.name + suffix)
 
 
+def model_files(path: str | Path) -> tuple[Path, Path]:
+    """The two files of a saved model (``RewardModel.save(path)``): ``(<path>.json, <path>.safetensors)``."""
+    base = _base_path(path)
+    return _with_suffix(base, ".json"), _with_suffix(base, ".safetensors")
+
+
 class RewardModel:
     """An ensemble of :class:`RewardNet` with input preprocessing and output de-normalisation.
 
