@@ -18,3 +18,12 @@ def test_bench_clip_reports_each_batch_size(tmp_path, capsys):
         for column in ("render_fps", "encoder_fps", "label_fps", "reward_net_fps", "peak_mem_mb"):
             assert row[column] > 0, column
         assert row["label_vs_encoder"] > 0 and row["net_vs_clip"] > 0
+
+
+def test_bench_render_reports_each_vec_env(capsys):
+    args = ["bench", "render", "--envs", "vlmrl/CartPole-v1", "--n-envs", "2", "--vec-envs", "dummy,subproc",
+            "--size", "32", "--steps", "3", "--json"]
+    assert main(args) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(row["vec_env"], row["n_envs"]) for row in rows] == [("dummy", 2), ("subproc", 2)]
+    assert all(row["frames_per_s"] > 0 for row in rows)

@@ -5,7 +5,8 @@
 - ``bench train``: env steps/s of online training when every step is labelled versus
   label-every-k with a distilled reward net.
 - ``bench labels``: preference pairs/s against an OpenAI-compatible endpoint per concurrency.
-- ``bench relabel``: offline relabelling frames/s and peak RSS.
+- ``bench render``: rendered frames/s of a vector env, one process vs one worker per env.
+- ``bench relabel``: offline relabelling frames/s, peak RSS and seconds per stage (local or Ray).
 """
 
 from __future__ import annotations
@@ -70,6 +71,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     labels.add_argument("--pairs", type=int, default=32, help="pairs per level")
     labels.add_argument("--frame-size", type=int, default=64, help="frame side in pixels")
     labels.set_defaults(func=run_labels_bench)
+
+    render = benches.add_parser(
+        "render",
+        help="rendered frames/s of a vector env: one process (dummy) vs one worker per env (subproc)",
+        description="Steps --n-envs envs with random actions, rendering every step (as online labelling "
+        "does), once per --vec-envs entry, and reports frames/s (steps x envs per second).",
+    )
+    render.add_argument("--envs", default="vlmrl/HumanoidTextured-v0,vlmrl/CartPoleFixedLength-v1",
+                        help="comma-separated env ids")
+    render.add_argument("--n-envs", type=int, default=4, help="envs per vector env (default: 4)")
+    render.add_argument("--vec-envs", default="dummy,subproc", help="comma-separated: dummy, subproc")
+    render.add_argument("--size", type=int, default=224, help="render size in pixels, square (default: 224)")
+    render.add_argument("--steps", type=int, default=50, help="timed vector steps (default: 50)")
+    render.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    render.set_defaults(func=run_render_bench)
 
     relabel = benches.add_parser(
         "relabel",
@@ -210,6 +226,33 @@ def run_train_bench(args: argparse.Namespace) -> int:
             )
     rows[1]["speedup"] = round(rows[1]["env_steps_per_s"] / rows[0]["env_steps_per_s"], 2)
     print_rows(rows, args.json, f"config={args.config} steps={args.steps}")
+    return 0
+
+
+def run_render_bench(args: argparse.Namespace) -> int:
+    from vlmrl.config import EnvConfig
+    from vlmrl.factory import make_vec_env
+
+    rows = []
+    for env_id in [e for e in args.envs.split(",") if e]:
+        for vec_env in [v for v in args.vec_envs.split(",") if v]:
+            config = EnvConfig(id=env_id, n_envs=args.n_envs, render_width=args.size, render_height=args.size,
+                               vec_env=vec_env)
+            venv = make_vec_env(config, seed=0)
+            try:
+                venv.reset()
+                actions = lambda: np.stack([venv.action_space.sample() for _ in range(args.n_envs)])  # noqa: E731
+                for _ in range(5):  # warm-up: worker start, first render contexts
+                    venv.step(actions())
+                start = time.perf_counter()
+                for _ in range(args.steps):
+                    venv.step(actions())
+                seconds = time.perf_counter() - start
+            finally:
+                venv.close()
+            rows.append({"env": env_id, "vec_env": vec_env, "n_envs": args.n_envs,
+                         "frames_per_s": round(args.steps * args.n_envs / seconds, 1)})
+    print_rows(rows, args.json, f"size={args.size}x{args.size} steps={args.steps} (random actions, a frame per env per step)")
     return 0
 
 
