@@ -54,7 +54,7 @@ def write_random_dataset(dataset_id: str, frames: int, size: int, episode_length
 
 
 @contextmanager
-def datasets_root(root: str | Path | None) -> Iterator[Path]:
+def temporary_datasets_root(root: str | Path | None) -> Iterator[Path]:
     """A temporary datasets root (under ``root`` if given), set as ``MINARI_DATASETS_PATH``."""
     previous = os.environ.get("MINARI_DATASETS_PATH")
     with tempfile.TemporaryDirectory(dir=root) as folder:
@@ -101,7 +101,7 @@ def run_relabel_bench(frames: int, kind: str = "reward_net", size: int = 224, ch
 
     settings = [(engine, 1)] if engine == "local" else [(engine, n) for n in workers]
     rows = []
-    with datasets_root(root) as bench_root:
+    with temporary_datasets_root(root) as bench_root:
         write_random_dataset(SOURCE_ID, frames, size, episode_length)
         config = bench_config(kind, bench_root, chunk_size, clip_model, device)
         for i, (engine_name, n_workers) in enumerate(settings):

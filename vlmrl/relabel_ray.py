@@ -316,6 +316,8 @@ def label_pairs_on_ray(labeler: Any, teacher: TeacherConfig, goal: str, dataset:
             outcome = PairOutcome(str(batch["status"][i]), float(batch["label"][i]), _text(batch["analysis"][i]),
                                   _text(batch["answer"][i]), _text(batch["error"][i]), int(batch["requests"][i]))
             round_index, pair = first_seen[key]
+            # Read again for the thumbnails rather than kept since planning: a whole budget of
+            # frames need not fit in memory.
             frames = gather_frames(dataset, frames_key, pairs[round_index][pair], counts)
             labeler.record(plans[round_index], key, outcome, frames[0], frames[1])
             # The same pair sampled again in a later round gets the same answer (the local engine
