@@ -18,13 +18,12 @@ import numpy as np
 Method = Literal["iql", "bc"]
 
 
-def resolve_device(device: str = "auto") -> str:
-    """``"auto"`` -> ``"cuda:0"`` when a GPU is usable, else ``"cpu:0"``."""
-    if device != "auto":
-        return device
-    import torch
+def d3rlpy_device(device: str = "auto") -> str:
+    """``vlmrl.devices.resolve_device`` as the indexed string d3rlpy wants: ``"cuda:N"`` or ``"cpu:0"``."""
+    from vlmrl.devices import resolve_device
 
-    return "cuda:0" if torch.cuda.is_available() else "cpu:0"
+    resolved = resolve_device(device)
+    return f"{resolved.type}:{resolved.index or 0}"
 
 
 def make_learner(method: Method, device: str = "auto", batch_size: int = 256, **hyperparams: Any) -> Any:
@@ -37,9 +36,9 @@ def make_learner(method: Method, device: str = "auto", batch_size: int = 256, **
         action_scaler=d3rlpy.preprocessing.MinMaxActionScaler(),
     )
     if method == "iql":
-        return d3rlpy.algos.IQLConfig(**common, **hyperparams).create(device=resolve_device(device))
+        return d3rlpy.algos.IQLConfig(**common, **hyperparams).create(device=d3rlpy_device(device))
     if method == "bc":
-        return d3rlpy.algos.BCConfig(**common, **hyperparams).create(device=resolve_device(device))
+        return d3rlpy.algos.BCConfig(**common, **hyperparams).create(device=d3rlpy_device(device))
     raise ValueError(f"unknown offline method {method!r} (iql, bc)")
 
 
@@ -113,7 +112,7 @@ def train_offline(
     done = json.loads(progress.read_text())["steps"] if progress.is_file() and checkpoint.is_file() else 0
     d3rlpy.seed(seed + done)
     if done:
-        algo = d3rlpy.load_learnable(str(checkpoint), device=resolve_device(device))
+        algo = d3rlpy.load_learnable(str(checkpoint), device=d3rlpy_device(device))
     else:
         algo = make_learner(method, device=device, batch_size=batch_size, **(hyperparams or {}))
     if done >= n_steps:

@@ -9,27 +9,10 @@ import numpy as np
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
+from vlmrl.agents.distill_config import DistillConfig
 from vlmrl.reward_labelers.base import FrameRewardLabeler
 from vlmrl.reward_learning import FitResult, fit_regression
 from vlmrl.reward_nets import RewardModel, downsample_frames
-
-
-@dataclass(frozen=True)
-class DistillSchedule:
-    """When to call the labeler and when to refit the reward net (counts are env steps, all envs).
-
-    Until ``warmup_labels`` frames are labelled every vector step is labelled; afterwards only
-    every ``label_every``-th vector step, and the net rewards the rest. The net is refitted every
-    ``retrain_every`` env steps on the newest ``buffer_size`` labelled frames.
-    """
-
-    label_every: int = 8
-    warmup_labels: int = 512
-    retrain_every: int = 2048
-    buffer_size: int = 20000
-    epochs: int = 3
-    batch_size: int = 256
-    lr: float = 3e-4
 
 
 @dataclass
@@ -104,7 +87,7 @@ class LabelledRewardVecEnv(VecEnvWrapper):
         venv: the vector env.
         labeler: turns frames (and, for the oracle, true rewards) into rewards.
         reward_model: a reward net to distil the labels into; None labels every step.
-        schedule: labelling and refitting schedule (only used with a reward model).
+        schedule: labelling and refitting schedule (the ``reward:`` section; only used with a reward model).
         seed: seed for the net's fits.
     """
 
@@ -113,13 +96,13 @@ class LabelledRewardVecEnv(VecEnvWrapper):
         venv: VecEnv,
         labeler: FrameRewardLabeler,
         reward_model: RewardModel | None = None,
-        schedule: DistillSchedule | None = None,
+        schedule: DistillConfig | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__(venv)
         self.labeler = labeler
         self.reward_model = reward_model
-        self.schedule = schedule or DistillSchedule()
+        self.schedule = schedule or DistillConfig(distill=reward_model is not None)
         self.fit_seed = seed
         self.stats = LabelStats()
         self.vector_steps = 0
@@ -203,9 +186,10 @@ class LabelledRewardVecEnv(VecEnvWrapper):
             self.reward_model,
             frames,
             labels,
-            epochs=self.schedule.epochs,
-            batch_size=self.schedule.batch_size,
-            lr=self.schedule.lr,
+            epochs=self.schedule.fit.epochs,
+            batch_size=self.schedule.fit.batch_size,
+            lr=self.schedule.fit.lr,
+            heldout_fraction=self.schedule.fit.heldout_fraction,
             seed=self.fit_seed + self.stats.net_fits,
         )
         self.stats.net_fits += 1

@@ -59,9 +59,10 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
+from vlmrl.agents.preference_config import OnlinePreferenceConfig
 from vlmrl.errors import ConfigError
 from vlmrl.reward_learning import FitResult, fit_bradley_terry
-from vlmrl.reward_nets import RewardModel, RewardNetConfig, downsample_frames
+from vlmrl.reward_nets import RewardModel, downsample_frames
 
 
 PAIRS_FILE = "preference_pairs.npz"
@@ -76,82 +77,22 @@ SMALL_BATCH = 64
 NORMALISATION_ROWS = 1024
 
 
-@dataclass(frozen=True)
-class PreferenceSchedule:
-    """When to ask for preferences and how to learn from them (env steps are summed over envs).
-
-    The first twelve fields mirror :class:`vlmrl.config.PreferenceLearningConfig`.
-
-    Attributes:
-        pairs_per_round: pairs asked per query round.
-        round_every: env steps between query rounds.
-        first_round_at: env step of the first round.
-        budget: pairs asked in all (every asked pair counts, labelled or not).
-        frame_buffer: newest env steps pairs are drawn from.
-        ensemble_size: reward nets in the ensemble.
-        net: ``"cnn"`` on frames or ``"mlp"`` on observations.
-        net_input_size: cnn input side in pixels.
-        epochs, batch_size, lr: Bradley-Terry fit after each round, on all pairs so far.
-        segment_length: steps per side for the teacher's true return (see the module docstring).
-        label_frame_mb: MiB the frames kept for a VLM labeler may take (see the module docstring).
-        reward_normalisation: ``"buffer_minmax"`` (buffered steps span [0, 1]) or ``"none"``.
-        heldout_fraction: labelled pairs kept out of each fit for its held-out accuracy.
-    """
-
-    pairs_per_round: int = 50
-    round_every: int = 4000
-    first_round_at: int = 1000
-    budget: int = 2000
-    frame_buffer: int = 10000
-    ensemble_size: int = 3
-    net: Literal["cnn", "mlp"] = "cnn"
-    net_input_size: int = 64
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 3e-4
-    segment_length: int = 1
-    label_frame_mb: int = 1024
-    reward_normalisation: Literal["buffer_minmax", "none"] = "buffer_minmax"
-    heldout_fraction: float = 0.1
-
-    def __post_init__(self) -> None:
-        for name in ("pairs_per_round", "round_every", "budget", "frame_buffer", "ensemble_size",
-                     "net_input_size", "epochs", "batch_size", "segment_length", "label_frame_mb"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.first_round_at < 0:
-            raise ValueError(f"first_round_at must be >= 0, got {self.first_round_at}")
-        if self.net not in ("cnn", "mlp"):
-            raise ValueError(f"net must be 'cnn' or 'mlp', got {self.net!r}")
-        if self.reward_normalisation not in ("buffer_minmax", "none"):
-            raise ValueError(f"reward_normalisation must be 'buffer_minmax' or 'none', got {self.reward_normalisation!r}")
-
-    @classmethod
-    def from_config(cls, config: Any, **overrides: Any) -> PreferenceSchedule:
-        """The schedule of a ``PreferenceLearningConfig`` (fields shared by name), plus ``overrides``."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name in names}
-        values.update(overrides)
-        return cls(**values)
-
-
-def preference_needs_frames(labeler: Any, schedule: PreferenceSchedule) -> bool:
+def preference_needs_frames(labeler: Any, schedule: OnlinePreferenceConfig) -> bool:
     """Whether the envs must render: a VLM labeler or a cnn net needs frames; the teacher with an mlp does not."""
-    return bool(getattr(labeler, "needs_frames", True)) or schedule.net == "cnn"
+    return bool(getattr(labeler, "needs_frames", True)) or schedule.net.kind == "cnn"
 
 
 def make_preference_reward_model(
-    schedule: PreferenceSchedule, observation_space: Any, device: str = "auto", seed: int = 0
+    schedule: OnlinePreferenceConfig, observation_space: Any, device: str = "auto", seed: int = 0
 ) -> RewardModel:
     """A fresh ensemble for the schedule's ``net``: cnn on frames, or mlp on flat Box observations."""
-    if schedule.net == "cnn":
-        config = RewardNetConfig(kind="cnn", input_size=schedule.net_input_size)
-    else:
+    obs_dim = None
+    if schedule.net.kind == "mlp":
         shape = getattr(observation_space, "shape", None)
         if shape is None or len(shape) != 1:
-            raise ConfigError(f"reward.preference.net 'mlp' needs a flat Box observation space, got {observation_space}")
-        config = RewardNetConfig(kind="mlp", obs_dim=int(shape[0]))
-    return RewardModel(config, ensemble_size=schedule.ensemble_size, device=device, seed=seed)
+            raise ConfigError(f"preference.net.kind 'mlp' needs a flat Box observation space, got {observation_space}")
+        obs_dim = int(shape[0])
+    return RewardModel(schedule.net.net_config(obs_dim), ensemble_size=schedule.net.ensemble_size, device=device, seed=seed)
 
 
 @contextlib.contextmanager
@@ -364,16 +305,16 @@ class PreferenceRewardVecEnv(VecEnvWrapper):
         labeler: Any,
         goal: str,
         reward_model: RewardModel,
-        schedule: PreferenceSchedule | None = None,
+        schedule: OnlinePreferenceConfig | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__(venv)
         self.labeler = labeler
         self.goal = goal
         self.reward_model = reward_model
-        self.schedule = schedule or PreferenceSchedule()
-        if reward_model.config.kind != self.schedule.net:
-            raise ValueError(f"reward_model is a {reward_model.config.kind} but schedule.net is {self.schedule.net!r}")
+        self.schedule = schedule or OnlinePreferenceConfig()
+        if reward_model.config.kind != self.schedule.net.kind:
+            raise ValueError(f"reward_model is a {reward_model.config.kind} but schedule.net.kind is {self.schedule.net.kind!r}")
         self.fit_seed = seed
         self.rng = np.random.default_rng(seed)
         self.labeler_reads_frames = bool(getattr(labeler, "needs_frames", True))
@@ -512,10 +453,10 @@ class PreferenceRewardVecEnv(VecEnvWrapper):
             self.pairs.first,
             self.pairs.second,
             self.pairs.labels,
-            epochs=self.schedule.epochs,
-            batch_size=self.schedule.batch_size,
-            lr=self.schedule.lr,
-            heldout_fraction=self.schedule.heldout_fraction,
+            epochs=self.schedule.fit.epochs,
+            batch_size=self.schedule.fit.batch_size,
+            lr=self.schedule.fit.lr,
+            heldout_fraction=self.schedule.fit.heldout_fraction,
             seed=self.fit_seed + self.stats.fits,
         )
         self.stats.fits += 1
@@ -717,7 +658,7 @@ def build_preference_env(
     venv: VecEnv,
     labeler: Any,
     goal: str,
-    schedule: PreferenceSchedule,
+    schedule: OnlinePreferenceConfig,
     algo: str,
     seed: int = 0,
     device: str = "auto",
@@ -727,9 +668,9 @@ def build_preference_env(
 
     Args:
         venv: vector env from ``make_vec_env(..., capture_frames=preference_needs_frames(labeler, schedule))``.
-        labeler: from ``vlmrl.factory.make_preference_labeler``.
+        labeler: a pairwise labeler (``vlmrl.factory.make_labeler(config.labeler, "pair", ...)``).
         goal: the task description shown to a VLM.
-        schedule: e.g. ``PreferenceSchedule.from_config(config.reward.preference)``.
+        schedule: the ``preference:`` section (``config.preference``).
         algo: ``"ppo"`` or ``"sac"`` (SAC also gets the PEBBLE replay relabelling).
         seed: seeds the net, pair sampling and fits.
         device: reward-net device.
@@ -769,7 +710,6 @@ __all__ = [
     "PreferenceMetricsCallback",
     "PreferenceRewardVecEnv",
     "PreferenceRoundStats",
-    "PreferenceSchedule",
     "SACReplayRelabelCallback",
     "StepRing",
     "build_preference_env",

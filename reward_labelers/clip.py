@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vlmrl.devices import resolve_device
 from vlmrl.errors import ConfigError
 from vlmrl.reward_labelers.base import FrameRewardLabeler, check_frames
 from vlmrl.reward_labelers.clip_backends import (
@@ -37,19 +38,6 @@ from vlmrl.reward_labelers.clip_backends import (
     ImagePreprocessing,
     load_clip_backend,
 )
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; other strings are checked and passed on."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        raise ConfigError(f"invalid device {device!r}: {error}") from error
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available here")
-    return resolved
 
 
 def preprocess_frames(frames: torch.Tensor, spec: ImagePreprocessing) -> torch.Tensor:

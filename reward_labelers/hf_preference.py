@@ -23,30 +23,30 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vlmrl.devices import resolve_device
 from vlmrl.errors import MissingWeightsError, UserError
-from vlmrl.label_store import ANSWERED, UNPARSEABLE, UNSURE, LabelStore
-from vlmrl.reward_labelers.preference import DEFAULT_IDENTICAL_THRESHOLD, PairOutcome, PreferenceLabeler
+from vlmrl.label_store import UNPARSEABLE, LabelStore
+from vlmrl.reward_labelers.preference import (
+    DEFAULT_IDENTICAL_THRESHOLD,
+    PairOutcome,
+    PreferenceLabeler,
+    outcome_from_answer,
+)
 from vlmrl.reward_labelers.prompts import (
     ANALYSIS_PROMPT,
     LABELLING_PROMPT,
     SINGLE_STAGE_PROMPT,
-    AnswerKind,
-    parse_answer,
     prompt_key_fields,
 )
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import torch
 
-_STATUS_OF_KIND = {
-    AnswerKind.FIRST: ANSWERED,
-    AnswerKind.SECOND: ANSWERED,
-    AnswerKind.UNSURE: UNSURE,
-    AnswerKind.UNPARSEABLE: UNPARSEABLE,
-}
+logger = logging.getLogger(__name__)
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -93,16 +93,7 @@ def missing_weights_message(model: str, reason: str) -> str:
     )
 
 
-def resolve_device(device: str) -> str:
-    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; other values pass through."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def resolve_dtype(dtype: str, device: str):
+def resolve_dtype(dtype: str, device: str | torch.device):
     """The torch dtype to load weights in: ``"auto"`` is bf16 on CUDA (fp16 where bf16 is not
     supported) and float32 elsewhere (bf16 on CPU is slower, install-notes)."""
     import torch
@@ -111,12 +102,12 @@ def resolve_dtype(dtype: str, device: str):
         raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
     if dtype != "auto":
         return getattr(torch, dtype)
-    if device.startswith("cuda"):
+    if torch.device(device).type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
 
 
-def load_vlm(model: str, device: str, dtype, cache_dir: str | None = None):
+def load_vlm(model: str, device: str | torch.device, dtype, cache_dir: str | None = None):
     """Load ``(processor, model)`` from a hub id or a local folder.
 
     Raises:
@@ -367,7 +358,7 @@ class HFPreferenceLabeler(PreferenceLabeler):
     def __repr__(self) -> str:
         mode = "two-stage" if self.two_stage else "single-stage"
         return (
-            f"HFPreferenceLabeler(model={self.model_name!r}, {mode}, device={self.device!r}, "
+            f"HFPreferenceLabeler(model={self.model_name!r}, {mode}, device={str(self.device)!r}, "
             f"dtype={str(self.dtype).removeprefix('torch.')}, batch_size={self.batch_size}, store={self.store!r})"
         )
 
@@ -387,18 +378,7 @@ class HFPreferenceLabeler(PreferenceLabeler):
             if answer is None:  # two-stage with an empty analysis: nothing to label from
                 outcomes.append(PairOutcome(UNPARSEABLE, analysis=analysis, error="empty analysis", requests=turns))
                 continue
-            parsed = parse_answer(answer)
-            error = None if parsed.kind is not AnswerKind.UNPARSEABLE else "answer is not 0, 1 or -1"
-            outcomes.append(
-                PairOutcome(
-                    _STATUS_OF_KIND[parsed.kind],
-                    label=parsed.label,
-                    analysis=analysis,
-                    answer=answer,
-                    error=error,
-                    requests=turns,
-                )
-            )
+            outcomes.append(outcome_from_answer(answer, analysis, turns))
         return outcomes
 
     def _query_pairs(

@@ -35,14 +35,17 @@ from typing import Any
 
 import numpy as np
 
-from vlmrl.label_store import ANSWERED, FAILED, UNPARSEABLE, UNSURE, LabelStore, encode_png
-from vlmrl.reward_labelers.preference import DEFAULT_IDENTICAL_THRESHOLD, PairOutcome, PreferenceLabeler
+from vlmrl.label_store import FAILED, UNPARSEABLE, LabelStore, encode_png
+from vlmrl.reward_labelers.preference import (
+    DEFAULT_IDENTICAL_THRESHOLD,
+    PairOutcome,
+    PreferenceLabeler,
+    outcome_from_answer,
+)
 from vlmrl.reward_labelers.prompts import (
     ANALYSIS_PROMPT,
     LABELLING_PROMPT,
     SINGLE_STAGE_PROMPT,
-    AnswerKind,
-    parse_answer,
     prompt_key_fields,
 )
 
@@ -50,13 +53,6 @@ logger = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_S = 300.0  # a larger Retry-After is taken as a broken header, not waited out
-
-_STATUS_OF_KIND = {
-    AnswerKind.FIRST: ANSWERED,
-    AnswerKind.SECOND: ANSWERED,
-    AnswerKind.UNSURE: UNSURE,
-    AnswerKind.UNPARSEABLE: UNPARSEABLE,
-}
 
 
 class _RequestFailed(Exception):
@@ -231,16 +227,7 @@ class OpenAIPreferenceLabeler(PreferenceLabeler):
             requests += spent
         except _RequestFailed as failure:
             return PairOutcome(FAILED, analysis=analysis, error=str(failure), requests=requests + failure.requests)
-        parsed = parse_answer(answer)
-        error = None if parsed.kind is not AnswerKind.UNPARSEABLE else "answer is not 0, 1 or -1"
-        return PairOutcome(
-            _STATUS_OF_KIND[parsed.kind],
-            label=parsed.label,
-            analysis=analysis,
-            answer=answer,
-            error=error,
-            requests=requests,
-        )
+        return outcome_from_answer(answer, analysis, requests)
 
     def _chat(self, content: str | list[dict[str, Any]]) -> tuple[str, int]:
         """One user turn; returns (answer text, requests spent). Retries transient failures.

@@ -32,10 +32,25 @@ ties are never flipped by ``eps_mistake``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 TIE_LABEL = 0.5
+
+
+@dataclass
+class TeacherStats:
+    """Running counts over every ``compare`` call: pairs ``asked``; of them ``answered``
+    (a preference), ``ties`` (0.5) and ``skipped`` (NaN, both sides bad)."""
+
+    asked: int = 0
+    answered: int = 0
+    ties: int = 0
+    skipped: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
 
 
 class OracleTeacher:
@@ -86,6 +101,7 @@ class OracleTeacher:
         self.return_scale = None if return_scale is None else float(return_scale)
         self.seed = seed
         self._rng = np.random.default_rng(seed)
+        self.stats = TeacherStats()
 
     def __repr__(self) -> str:
         return (
@@ -156,6 +172,10 @@ class OracleTeacher:
         labels[discounted1 == discounted2] = TIE_LABEL
         if skip_threshold is not None:
             labels[np.maximum(plain1, plain2) < skip_threshold] = np.nan
+        self.stats.asked += n
+        self.stats.ties += int((labels == TIE_LABEL).sum())
+        self.stats.skipped += int(np.isnan(labels).sum())
+        self.stats.answered += int((np.isfinite(labels) & (labels != TIE_LABEL)).sum())
         return labels.astype(np.float32)
 
     def _thresholds(self, returns: np.ndarray) -> tuple[float, float | None]:

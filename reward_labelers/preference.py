@@ -35,6 +35,7 @@ from vlmrl.label_store import (
     thumbnail,
 )
 from vlmrl.reward_labelers.base import check_frames
+from vlmrl.reward_labelers.prompts import AnswerKind, parse_answer
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,28 @@ class PairOutcome:
     answer: str | None = None
     error: str | None = None
     requests: int = 1
+
+
+_STATUS_OF_KIND = {
+    AnswerKind.FIRST: ANSWERED,
+    AnswerKind.SECOND: ANSWERED,
+    AnswerKind.UNSURE: UNSURE,
+    AnswerKind.UNPARSEABLE: UNPARSEABLE,
+}
+
+
+def outcome_from_answer(answer: str | None, analysis: str | None, requests: int) -> PairOutcome:
+    """The outcome of one labelling answer, parsed by ``prompts.parse_answer`` (every backend).
+
+    Answered pairs get label 1.0 (image 1 better) or 0.0 (image 2 better); unsure and
+    unparseable ones NaN, the latter with an error saying why. The raw answer and analysis are
+    kept as given.
+    """
+    parsed = parse_answer(answer)
+    error = "answer is not 0, 1 or -1 (or it is ambiguous)" if parsed.kind is AnswerKind.UNPARSEABLE else None
+    return PairOutcome(
+        _STATUS_OF_KIND[parsed.kind], label=parsed.label, analysis=analysis, answer=answer, error=error, requests=requests
+    )
 
 
 @dataclass
@@ -365,4 +388,5 @@ __all__ = [
     "PreferenceLabeler",
     "PreferenceStats",
     "mean_abs_difference",
+    "outcome_from_answer",
 ]

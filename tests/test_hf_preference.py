@@ -195,14 +195,14 @@ def test_identical_pairs_are_never_asked(scripted_model: tuple[Path, str]) -> No
     assert np.isnan(labels[1]) and not np.isnan(labels[[0, 2]]).any()
     assert labeler.stats.skipped_identical == 1 and labeler.batches == [2]
     if not torch.cuda.is_available():  # device="auto" without a GPU: CPU in float32
-        assert labeler.device == "cpu" and labeler.model.dtype == torch.float32
+        assert str(labeler.device) == "cpu" and labeler.model.dtype == torch.float32
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_auto_device_generates_on_the_gpu_in_half_precision(scripted_model: tuple[Path, str]) -> None:
     path, reply = scripted_model
     labeler = HFPreferenceLabeler(str(path), two_stage=True, batch_size=4, max_new_tokens=4)
-    assert labeler.device == "cuda" and labeler.model.dtype in (torch.bfloat16, torch.float16)
+    assert str(labeler.device) == "cuda" and labeler.model.dtype in (torch.bfloat16, torch.float16)
     assert next(labeler.model.parameters()).is_cuda
     first, second = frame_pairs(4, seed=4)
     labels = labeler.compare(first, second, GOAL)

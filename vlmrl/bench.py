@@ -205,9 +205,9 @@ def run_train_bench(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as root:
         common = [f"agent.total_timesteps={args.steps}", f"run.root={root}", "run.eval_episodes=0", "run.video_episodes=0", f"run.checkpoint_every={10 * args.steps}"]
         if args.pretrained is not None:
-            common.append(f"labeler.clip.pretrained={args.pretrained}")
+            common.append(f"labeler.pretrained={args.pretrained}")
         else:
-            common.append("labeler.clip.pretrained=null")
+            common.append("labeler.pretrained=null")
         settings = {
             "label every step": ["reward.distill=false", "reward.label_every=1"],
             f"label every {args.label_every} + distil": ["reward.distill=true", f"reward.label_every={args.label_every}", f"reward.warmup_labels={args.steps // 8}", f"reward.retrain_every={args.steps // 2}"],

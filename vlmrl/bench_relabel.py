@@ -72,21 +72,19 @@ def bench_config(kind: str, bench_root: Path, chunk_size: int, clip_model: str, 
     """The relabel config of a bench kind: ``reward_net`` (an untrained RL-VLM-F CNN ensemble of
     3, input 64 px) or ``clip`` (randomly initialised open_clip ``clip_model``: the compute of
     real weights)."""
-    from vlmrl.relabel import RelabelConfig, RewardModelRelabelConfig
+    from vlmrl.config import ClipConfig, RelabelConfig, RewardModelConfig
 
     if kind == "clip":
-        from vlmrl.config import ClipConfig
-
-        return RelabelConfig(kind="clip", chunk_size=chunk_size, device=device, clip=ClipConfig(
-            goal_prompts=("a pole upright",), baseline_prompts=("a pole",), model=clip_model, pretrained=None))
+        return RelabelConfig(chunk_size=chunk_size, labeler=ClipConfig(
+            goal_prompts=("a pole upright",), baseline_prompts=("a pole",), model=clip_model, pretrained=None,
+            device=device))
     if kind != "reward_net":
         raise ValueError(f"bench kind must be reward_net or clip, got {kind!r}")
     from vlmrl.reward_nets import RewardModel, RewardNetConfig
 
     model_path = bench_root / "bench_reward_model"
     RewardModel(RewardNetConfig(kind="cnn", input_size=64), ensemble_size=3, device=device).save(model_path)
-    return RelabelConfig(kind="reward_model", chunk_size=chunk_size, device=device,
-                         reward_model=RewardModelRelabelConfig(str(model_path)))
+    return RelabelConfig(chunk_size=chunk_size, labeler=RewardModelConfig(path=str(model_path), device=device))
 
 
 def run_relabel_bench(frames: int, kind: str = "reward_net", size: int = 224, chunk_size: int = 256,

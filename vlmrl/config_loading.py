@@ -84,6 +84,8 @@ def build_dataclass(cls: type[T], data: Any, source: str, prefix: str = "") -> T
 
 def _convert(hint: Any, value: Any, source: str, key: str) -> Any:
     origin = get_origin(hint)
+    if dataclasses.is_dataclass(hint) and hasattr(hint, "config_class_for"):
+        return _build_registered(hint, value, source, key)
     if dataclasses.is_dataclass(hint):
         return build_dataclass(hint, value, source, f"{key}.")
     if origin in (Union, types.UnionType):
@@ -136,10 +138,29 @@ def _convert(hint: Any, value: Any, source: str, key: str) -> Any:
     raise ConfigError(f"{source}: {key}: unsupported config type {hint}")
 
 
+def _build_registered(base: type, value: Any, source: str, key: str) -> Any:
+    """A section whose ``kind`` picks the config class from a registry (e.g. ``labeler``)."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: {key} must be a mapping, got {type(value).__name__}")
+    if "kind" not in value:
+        raise ConfigError(f"{source}: missing required key {key}.kind")
+    try:
+        cls = base.config_class_for(value["kind"])
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {key}.kind: {error}") from None
+    return build_dataclass(cls, {k: v for k, v in value.items() if k != "kind"}, source, f"{key}.")
+
+
 def to_plain(obj: Any) -> Any:
-    """Dataclass (or nested value) -> plain dicts/lists, for YAML/JSON output."""
+    """Dataclass (or nested value) -> plain dicts/lists, for YAML/JSON output.
+
+    A registered config (one with a class-level ``kind``) is written with its ``kind`` first,
+    so the output loads back into the same class."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        kind = getattr(type(obj), "kind", None) if hasattr(type(obj), "config_class_for") else None
+        plain = {"kind": kind} if kind else {}
+        plain.update({f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)})
+        return plain
     if isinstance(obj, (dict, types.MappingProxyType)):
         return {k: to_plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

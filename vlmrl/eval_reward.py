@@ -67,14 +67,14 @@ def run(args: argparse.Namespace) -> int:
     from vlmrl.agents.sb3_agents import load_agent
     from vlmrl.config import load_config
     from vlmrl.errors import UserError
-    from vlmrl.factory import make_env, make_frame_labeler
+    from vlmrl.factory import make_env, make_labeler
     from vlmrl.runs import load_run_config, policy_path
     from vlmrl.video import rollout
 
     if args.episodes < 1:
         raise UserError("--episodes must be >= 1")
     config = load_config(args.config, args.overrides)
-    labeler = make_frame_labeler(config.labeler, seed=config.run.seed)
+    labeler = make_labeler(config.labeler, "frame", seed=config.run.seed)
     env = make_env(config.env)
     if args.policy == "random":
         env.action_space.seed(args.seed)

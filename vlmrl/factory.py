@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 import gymnasium as gym
 from stable_baselines3.common.monitor import Monitor
@@ -11,11 +12,11 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 import vlmrl.envs  # noqa: F401  (registers the vlmrl/ env ids)
 from vlmrl.agents.frame_capture import FrameInInfo
-from vlmrl.config import EnvConfig, LabelerConfig
 from vlmrl.config_loading import to_plain
 from vlmrl.envs.render_device import EGL_DEVICE_VAR, RenderDevice
+from vlmrl.envs.env_config import EnvConfig
 from vlmrl.errors import ConfigError
-from vlmrl.reward_labelers.base import FrameRewardLabeler
+from vlmrl.reward_labelers.registry import LabelerConfig
 
 
 def make_env(config: EnvConfig, render_size: tuple[int, int] | None = None) -> gym.Env:
@@ -92,70 +93,16 @@ def make_vec_env(config: EnvConfig, seed: int, capture_frames: bool = True) -> V
     return venv
 
 
-def make_frame_labeler(config: LabelerConfig, seed: int = 0) -> FrameRewardLabeler:
-    """The per-frame labeler a config names (loads model weights for CLIP)."""
-    if config.kind == "oracle":
-        from vlmrl.reward_labelers.oracle import OracleRewardLabeler
+def make_labeler(config: LabelerConfig, family: str, seed: int = 0, store: str | Path | None = None) -> Any:
+    """The labeler ``config`` describes (loads weights), checked to be of ``family``.
 
-        return OracleRewardLabeler(scale=config.oracle.scale, noise_std=config.oracle.noise_std, seed=seed)
-    if config.kind == "clip":
-        from vlmrl.reward_labelers import ClipRewardLabeler
-
-        clip = config.clip
-        return ClipRewardLabeler(
-            model=clip.model,
-            pretrained=clip.pretrained,
-            goal_prompts=list(clip.goal_prompts),
-            baseline_prompts=list(clip.baseline_prompts),
-            alpha=clip.alpha,
-            device=config.device,
-            backend=clip.backend,
-            batch_size=clip.batch_size,
-        )
-    raise ConfigError(f"labeler.kind {config.kind!r} is not a per-frame labeler")
-
-
-def make_preference_labeler(config: LabelerConfig, store_path: str, seed: int = 0):
-    """The pairwise labeler a ``kind: preference`` config names.
-
-    VLM labelers record every answer in the SQLite label store at ``store_path`` (or the
-    config's ``store``), so a restarted run never asks for a stored pair again.
+    Args:
+        config: any registered labeler config (``labeler:`` section).
+        family: ``"frame"`` where a per-frame reward is needed, ``"pair"`` where preferences are.
+        seed: seeds the labeler's own randomness.
+        store: the label store a pairwise VLM labeler records its answers in.
     """
-    preference = config.preference
-    store = preference.store or store_path
-    if preference.backend == "oracle":
-        from vlmrl.reward_labelers.oracle_teacher import OracleTeacher
-
-        teacher = preference.teacher
-        return OracleTeacher(
-            beta=teacher.beta,
-            eps_mistake=teacher.eps_mistake,
-            eps_equal=teacher.eps_equal,
-            eps_skip=teacher.eps_skip,
-            seed=seed,
-        )
-    if preference.backend == "openai":
-        from vlmrl.reward_labelers.openai_preference import OpenAIPreferenceLabeler
-
-        endpoint = preference.openai
-        return OpenAIPreferenceLabeler(
-            base_url=endpoint.base_url,
-            model=endpoint.model,
-            api_key_env=endpoint.api_key_env,
-            store=store,
-            two_stage=endpoint.two_stage,
-            max_concurrency=endpoint.max_concurrency,
-            timeout_s=endpoint.timeout_s,
-            max_retries=endpoint.max_retries,
-        )
-    from vlmrl.reward_labelers.hf_preference import HFPreferenceLabeler
-
-    hf = preference.hf
-    return HFPreferenceLabeler(
-        model=hf.model,
-        store=store,
-        two_stage=hf.two_stage,
-        device=config.device,
-        batch_size=hf.batch_size,
-        max_new_tokens=hf.max_new_tokens,
-    )
+    if config.family != family:
+        wanted = "a per-frame labeler (e.g. clip, oracle)" if family == "frame" else "a pairwise labeler (e.g. teacher, openai, hf)"
+        raise ConfigError(f"labeler.kind {config.kind!r} is a {config.family} labeler, but this command needs {wanted}")
+    return config.create(seed=seed, store=store)

@@ -18,92 +18,15 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from vlmrl.config import OFFLINE_METHODS, load_offline_config
 from vlmrl.errors import ConfigError
 
-METHODS = ("iql", "bc", "iql-gt")
-
-
-@dataclass(frozen=True)
-class OfflineDatasetConfig:
-    """The (relabelled) dataset: a local Minari id or an ``.npz`` path."""
-
-    id: str
-    observation_key: str | None = None
-
-
-@dataclass(frozen=True)
-class OfflineAgentConfig:
-    """IQL hyperparameters; the defaults are d3rlpy's IQLConfig defaults (the paper's)."""
-
-    algo: Literal["iql"] = "iql"
-    n_steps: int = 100000
-    n_steps_per_epoch: int = 5000
-    batch_size: int = 256
-    device: str = "auto"
-    gamma: float = 0.99
-    tau: float = 0.005
-    expectile: float = 0.7
-    weight_temp: float = 3.0
-    max_weight: float = 100.0
-    actor_learning_rate: float = 3e-4
-    critic_learning_rate: float = 3e-4
-    bc_learning_rate: float = 1e-3
-
-    def __post_init__(self) -> None:
-        for name in ("n_steps", "n_steps_per_epoch", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.n_steps % self.n_steps_per_epoch:
-            raise ValueError(f"n_steps ({self.n_steps}) must be a multiple of n_steps_per_epoch ({self.n_steps_per_epoch})")
-        if not 0.5 <= self.expectile < 1.0:
-            raise ValueError(f"expectile must be in [0.5, 1), got {self.expectile}")
-
-
-@dataclass(frozen=True)
-class OfflineEvalConfig:
-    """Evaluation in the env. ``env_id``: default = the task the dataset was collected in."""
-
-    episodes: int = 10
-    env_id: str | None = None
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class OfflineRunConfig:
-    seeds: tuple[int, ...] = (0, 1, 2)
-    baselines: tuple[str, ...] = ("bc", "iql-gt")
-    root: str = "runs"
-    name: str | None = None
-
-    def __post_init__(self) -> None:
-        unknown = [b for b in self.baselines if b not in METHODS]
-        if unknown:
-            raise ValueError(f"unknown baseline {unknown[0]!r}; choose from {', '.join(METHODS)}")
-        if not self.seeds:
-            raise ValueError("seeds must hold at least one seed")
-
-
-@dataclass(frozen=True)
-class OfflineExperimentConfig:
-    task: str
-    dataset: OfflineDatasetConfig
-    agent: OfflineAgentConfig = field(default_factory=OfflineAgentConfig)
-    eval: OfflineEvalConfig = field(default_factory=OfflineEvalConfig)
-    run: OfflineRunConfig = field(default_factory=OfflineRunConfig)
-
-
-def load_offline_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> OfflineExperimentConfig:
-    from vlmrl.config_loading import apply_overrides, build_dataclass, load_yaml
-
-    data = load_yaml(path)
-    apply_overrides(data, list(overrides), str(path))
-    return build_dataclass(OfflineExperimentConfig, data, str(path))
+METHODS = OFFLINE_METHODS
 
 
 def run_offline_training(

@@ -38,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vlmrl.agents.sb3_agents import load_agent
     from vlmrl.errors import UserError
-    from vlmrl.factory import make_env, make_frame_labeler
+    from vlmrl.factory import make_env, make_labeler
     from vlmrl.runs import load_run_config, policy_path
     from vlmrl.video import record_episodes
 
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{run_dir} has no reward_net.json: --overlay learned needs a run trained with reward.distill")
         scorer, scorer_name = RewardModel.load(run_dir / "reward_net").predict, "learned"
     elif args.overlay == "labeler":
-        labeler = make_frame_labeler(config.labeler, seed=config.run.seed)
+        labeler = make_labeler(config.labeler, "frame", seed=config.run.seed)
         if not labeler.needs_frames:
             raise UserError(f"the {config.labeler.kind} labeler scores true rewards, not frames: use --overlay none or learned")
         scorer, scorer_name = labeler.label, config.labeler.name

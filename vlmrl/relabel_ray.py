@@ -12,12 +12,12 @@ same inputs as in a local run: the output is the same dataset. Ray restarts a ki
 retries its chunk; the writer keeps the first result per chunk and drops repeats, so no frame is
 lost or counted twice, and a killed driver resumes from the saved chunks like a local relabel.
 
-VLM preference pairs (``kind: preference`` with ``teacher.kind: openai`` or ``hf``) go the same
+VLM preference pairs (``labeler.kind: openai`` or ``hf``) go the same
 way: this process looks every pair up in the label store first, actors ask only about the
 missing ones and return the answers, and this process commits them: the label store has one
-writer. An ``openai`` actor keeps ``teacher.max_concurrency`` requests in flight; an ``hf``
+writer. An ``openai`` actor keeps ``labeler.max_concurrency`` requests in flight; an ``hf``
 actor loads the VLM once (on its GPU with ``--gpus-per-worker 1``) and generates
-``teacher.batch_size`` pairs per batch.
+``labeler.batch_size`` pairs per batch.
 
 Workers read the dataset from its files: on a multi-machine cluster, ``MINARI_DATASETS_PATH``
 must be a filesystem every node mounts at the same path, and vlmrl must be installed on every node.
@@ -39,17 +39,16 @@ from typing import Any
 import numpy as np
 
 from vlmrl.errors import UserError
-from vlmrl.relabel import (
+from vlmrl.relabel_core import (
     ChunkPlan,
     ChunkResult,
     FrameIndex,
     LabelerSpec,
-    TeacherConfig,
     build_labeler_state,
-    make_preference_labeler,
     relabel_batch,
     reopenable_source,
 )
+from vlmrl.reward_labelers.registry import LabelerConfig
 
 READ_TASK_CPUS = 0.25
 """CPUs one read task reserves: reading a chunk is a memory-mapped copy, mostly I/O."""
@@ -241,9 +240,9 @@ def label_chunks_on_ray(spec: LabelerSpec, plan: ChunkPlan, index: FrameIndex,
 class _PairAsker:
     """Ray Data actor: one endpoint client (no label store), asks about a batch of pairs."""
 
-    def __init__(self, teacher: TeacherConfig, goal: str, datasets_root: str, source: str,
-                 frames_key: str | None, counts: list[int], device: str) -> None:
-        self.labeler = make_preference_labeler(teacher, None, device)  # an HF VLM loads here, once
+    def __init__(self, labeler: LabelerConfig, goal: str, datasets_root: str, source: str,
+                 frames_key: str | None, counts: list[int]) -> None:
+        self.labeler = labeler.create(store=None)  # an HF VLM loads here, once
         self.goal = goal
         self.dataset = _open_dataset(datasets_root, source)
         self.frames_key = frames_key
@@ -267,13 +266,14 @@ class _PairAsker:
         }
 
 
-def label_pairs_on_ray(labeler: Any, teacher: TeacherConfig, goal: str, dataset: Any, frames_key: str | None,
+def label_pairs_on_ray(labeler: Any, labeler_config: LabelerConfig, goal: str, dataset: Any, frames_key: str | None,
                        pairs: list[np.ndarray], true_rewards: np.ndarray, options: RayOptions,
-                       show_progress: bool = True, device: str = "auto") -> list[np.ndarray]:
+                       show_progress: bool = True) -> list[np.ndarray]:
     """Preference labels of every round of ``pairs`` (int ``[n, 2]`` global frame indices each),
     float32 ``[n]`` per round, exactly as ``labeler.compare`` would give them round by round.
 
-    ``labeler`` (with the label store) plans and records in this process; Ray actors ask.
+    ``labeler`` (with the label store) plans and records in this process; Ray actors each build
+    ``labeler_config``'s labeler (without a store) and ask.
     """
     import ray
     from tqdm import tqdm
@@ -296,14 +296,13 @@ def label_pairs_on_ray(labeler: Any, teacher: TeacherConfig, goal: str, dataset:
 
     rows = [{"key": key, "first_index": int(pairs[r][i, 0]), "second_index": int(pairs[r][i, 1])}
             for key, (r, i) in first_seen.items()]
-    per_actor = teacher.pairs_in_flight
+    per_actor = labeler_config.pairs_in_flight
     n_batches = -(-len(rows) // per_actor)
     data = ray.data.from_items(rows, override_num_blocks=n_batches)
     data = data.map_batches(
         _PairAsker,
-        fn_constructor_kwargs={"teacher": teacher, "goal": goal, "datasets_root": str(datasets_root().resolve()),
-                               "source": reopenable_source(dataset),
-                               "frames_key": frames_key, "counts": counts, "device": device},
+        fn_constructor_kwargs={"labeler": labeler_config, "goal": goal, "datasets_root": str(datasets_root().resolve()),
+                               "source": reopenable_source(dataset), "frames_key": frames_key, "counts": counts},
         batch_size=per_actor, batch_format="numpy", **_actor_args(options, n_batches),
     )
     bar = tqdm(total=len(rows), desc="preference labels", unit="pair", disable=not show_progress)

@@ -31,16 +31,19 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from vlmrl.devices import resolve_device
 from vlmrl.errors import ConfigError, MissingWeightsError, UserError
+from vlmrl.reward_net_config import (  # noqa: F401  (re-exported: the public names stay here too)
+    CNN_LAYERS,
+    KINDS,
+    OUTPUT_ACTIVATIONS,
+    RewardEnsembleConfig,
+    RewardNetConfig,
+    _cnn_feature_side,
+)
 
 FORMAT_NAME = "vlmrl.reward_model"
 FORMAT_VERSION = 1
-
-KINDS = ("cnn", "mlp")
-OUTPUT_ACTIVATIONS = ("tanh", "none")
-
-# RL-VLM-F image reward CNN: (kernel, out channels, stride) per layer.
-CNN_LAYERS = ((5, 16, 3), (3, 32, 2), (3, 64, 2), (3, 128, 2))
 
 # Scale applied to a tanh output so it can reach +-3 standardised units.
 TANH_OUTPUT_SCALE = 3.0
@@ -55,72 +58,6 @@ PREPROCESSING = {
     "normalise": "float32 x / 255 - 0.5, channel-first [N, 3, input_size, input_size]",
     "states": "float32 [N, obs_dim], (x - state_mean) / state_std when the model holds those stats",
 }
-
-
-def _conv_out(size: int, kernel: int, stride: int) -> int:
-    return (size - kernel) // stride + 1
-
-
-def _cnn_feature_side(input_size: int) -> int:
-    """Side length of the last CNN feature map for a square input (< 1: input too small)."""
-    side = input_size
-    for kernel, _, stride in CNN_LAYERS:
-        if side < kernel:
-            return 0
-        side = _conv_out(side, kernel, stride)
-    return side
-
-
-@dataclass(frozen=True)
-class RewardNetConfig:
-    """Architecture of one reward network.
-
-    Args:
-        kind: ``"cnn"`` (RL-VLM-F image CNN on frames) or ``"mlp"`` (MLP on state vectors).
-        input_size: cnn only: frames are resized to ``input_size x input_size`` pixels (>= 47,
-            the smallest size the four strided convolutions accept).
-        obs_dim: mlp only (required there): length of the state vector. Ignored for cnn.
-        hidden_size: mlp only: width of the two hidden layers.
-        output_activation: ``"tanh"`` (bounded output, as in RL-VLM-F) or ``"none"``.
-    """
-
-    kind: str = "cnn"
-    input_size: int = 64
-    obs_dim: int | None = None
-    hidden_size: int = 256
-    output_activation: str = "tanh"
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ConfigError(f"RewardNetConfig.kind must be one of {KINDS}, got {self.kind!r}")
-        if self.output_activation not in OUTPUT_ACTIVATIONS:
-            raise ConfigError(
-                f"RewardNetConfig.output_activation must be one of {OUTPUT_ACTIVATIONS}, "
-                f"got {self.output_activation!r}"
-            )
-        if self.kind == "cnn":
-            if not isinstance(self.input_size, int) or not 47 <= self.input_size <= 512:
-                raise ConfigError(
-                    f"RewardNetConfig.input_size must be an integer in [47, 512] for kind='cnn' "
-                    f"(the CNN's strided convolutions need at least 47 pixels), got {self.input_size!r}"
-                )
-        if self.kind == "mlp":
-            if self.obs_dim is None:
-                raise ConfigError("RewardNetConfig.obs_dim is required for kind='mlp' (length of the state vector)")
-            if not isinstance(self.obs_dim, int) or self.obs_dim < 1:
-                raise ConfigError(f"RewardNetConfig.obs_dim must be a positive integer, got {self.obs_dim!r}")
-            if not isinstance(self.hidden_size, int) or self.hidden_size < 1:
-                raise ConfigError(f"RewardNetConfig.hidden_size must be a positive integer, got {self.hidden_size!r}")
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {str(device)!r} requested but CUDA is not available; use 'cpu' or 'auto'")
-    return resolved
 
 
 def _as_frame_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -151,7 +151,7 @@ def train_online(config: ExperimentConfig, run_dir: Path, resume: bool, progress
         import torch
 
         torch.set_num_threads(config.run.torch_threads)
-    if config.labeler.kind == "preference":
+    if config.labeler.family == "pair":
         pipeline = _preference_pipeline(config, run_dir, seed)
     else:
         pipeline = _labelled_pipeline(config, seed)
@@ -229,28 +229,18 @@ def train_online(config: ExperimentConfig, run_dir: Path, resume: bool, progress
 
 def _labelled_pipeline(config: ExperimentConfig, seed: int) -> RewardPipeline:
     """Per-frame labels (CLIP or oracle), optionally distilled into a CNN reward net."""
-    from vlmrl.agents.labelled_reward import DistillSchedule, LabelledRewardVecEnv
+    from vlmrl.agents.labelled_reward import LabelledRewardVecEnv
     from vlmrl.agents.training_callbacks import LabelMetricsCallback
-    from vlmrl.factory import make_frame_labeler, make_vec_env
-    from vlmrl.reward_nets import RewardModel, RewardNetConfig
+    from vlmrl.factory import make_labeler, make_vec_env
+    from vlmrl.reward_nets import RewardModel
 
-    labeler = make_frame_labeler(config.labeler, seed=seed)
+    labeler = make_labeler(config.labeler, "frame", seed=seed)
     reward_model = None
     if config.reward.distill:
-        reward_model = RewardModel(
-            RewardNetConfig(kind="cnn", input_size=config.reward.net_input_size), device=config.labeler.device, seed=seed
-        )
-    schedule = DistillSchedule(
-        label_every=config.reward.label_every,
-        warmup_labels=config.reward.warmup_labels,
-        retrain_every=config.reward.retrain_every,
-        buffer_size=config.reward.buffer_size,
-        epochs=config.reward.epochs,
-        batch_size=config.reward.batch_size,
-        lr=config.reward.lr,
-    )
+        net = config.reward.net
+        reward_model = RewardModel(net.net_config(), ensemble_size=net.ensemble_size, device=config.labeler.device, seed=seed)
     venv = make_vec_env(config.env, seed, capture_frames=labeler.needs_frames or reward_model is not None)
-    labelled = LabelledRewardVecEnv(venv, labeler, reward_model, schedule, seed=seed)
+    labelled = LabelledRewardVecEnv(venv, labeler, reward_model, config.reward, seed=seed)
     counters = ("labeler_calls", "labelled_frames", "net_frames", "net_fits")
 
     def save(directory: Path) -> dict[str, Any]:
@@ -295,19 +285,18 @@ def _preference_pipeline(config: ExperimentConfig, run_dir: Path, seed: int) -> 
     """RL-VLM-F: rewards learned from pairwise labels (VLM or scripted teacher), with PEBBLE
     replay relabelling under SAC. Every VLM answer goes to ``run_dir/labels.sqlite``."""
     from vlmrl.agents.preference_reward import (
-        PreferenceSchedule,
         build_preference_env,
         preference_needs_frames,
         restore_preference_checkpoint,
         save_preference_checkpoint,
     )
-    from vlmrl.factory import make_preference_labeler, make_vec_env
+    from vlmrl.factory import make_labeler, make_vec_env
 
-    labeler = make_preference_labeler(config.labeler, str(run_dir / "labels.sqlite"), seed=seed)
-    schedule = PreferenceSchedule.from_config(config.reward.preference)
+    schedule = config.preference
+    labeler = make_labeler(config.labeler, "pair", seed=seed, store=schedule.label_store or run_dir / "labels.sqlite")
     venv = make_vec_env(config.env, seed, capture_frames=preference_needs_frames(labeler, schedule))
     preference_env, callbacks = build_preference_env(
-        venv, labeler, config.labeler.preference.goal, schedule, config.agent.algo, seed=seed, device=config.labeler.device
+        venv, labeler, schedule.goal, schedule, config.agent.algo, seed=seed, device=config.labeler.device
     )
 
     def save(directory: Path) -> dict[str, Any]:
@@ -328,7 +317,7 @@ def _preference_pipeline(config: ExperimentConfig, run_dir: Path, seed: int) -> 
 
     def video_scorer() -> tuple[Callable | None, str]:
         # Videos get frames: draw the learned reward only when the net reads frames.
-        return (preference_env.reward_model.predict, "learned") if schedule.net == "cnn" else (None, "reward")
+        return (preference_env.reward_model.predict, "learned") if schedule.net.kind == "cnn" else (None, "reward")
 
     return RewardPipeline(
         env=preference_env,
