@@ -138,14 +138,19 @@ def train_offline(
     return algo
 
 
-def evaluate_policy(algo: Any, make_env: Any, episodes: int, seed: int = 0) -> np.ndarray:
-    """Run the greedy policy; return float64 ``[episodes]`` TRUE returns.
+def evaluate_policy(algo: Any, make_env: Any, episodes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """Run the greedy policy for ``episodes`` episodes.
 
-    The true reward of a step is ``info["true_reward"]`` when the env reports one (vlmrl envs
-    do), else the env's reward.
+    Returns:
+        (float64 ``[episodes]`` TRUE returns, float64 ``[episodes]`` success (``info["success"]``
+        at the episode's last step, 0 or 1) or None when the env does not report success).
+        The true reward of a step is ``info["true_reward"]`` when the env reports one (vlmrl envs
+        do), else the env's reward.
     """
     env = make_env()
     returns = np.zeros(episodes)
+    successes = np.zeros(episodes)
+    reports_success = False
     try:
         for episode in range(episodes):
             observation, _ = env.reset(seed=seed * 10_000 + episode)
@@ -154,7 +159,9 @@ def evaluate_policy(algo: Any, make_env: Any, episodes: int, seed: int = 0) -> n
                 observation, reward, terminated, truncated, info = env.step(action)
                 returns[episode] += float(info.get("true_reward", reward))
                 if terminated or truncated:
+                    reports_success = reports_success or "success" in info
+                    successes[episode] = float(bool(info.get("success", False)))
                     break
     finally:
         env.close()
-    return returns
+    return returns, (successes if reports_success else None)

@@ -27,6 +27,13 @@ class PreferenceLearningConfig:
             directory (train) or ``<datasets root>/.label_stores/labels.sqlite`` (relabel).
         net: the ensemble (``cnn`` on frames or ``mlp`` on state observations).
         fit: the Bradley-Terry fit after each round, on all pairs so far.
+        label_confidence: what the fit learns from an answer that carries answer-token
+            probabilities (a VLM labeler with ``answer_mode: logprobs``): ``hard`` its 1/0
+            label, ``soft`` P(image 1) / (P(image 1) + P(image 2)). Answers without
+            probabilities keep their label either way.
+        min_confidence: answers whose max(P(image 1), P(image 2)) is below this are left out
+            of the fit (and still count against the budget); 0 keeps all. Answers without
+            probabilities are kept.
     """
 
     goal: str = ""
@@ -35,11 +42,15 @@ class PreferenceLearningConfig:
     label_store: str | None = None
     net: RewardEnsembleConfig = field(default_factory=lambda: RewardEnsembleConfig(ensemble_size=3))
     fit: FitConfig = field(default_factory=FitConfig)
+    label_confidence: Literal["hard", "soft"] = "hard"
+    min_confidence: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("budget", "pairs_per_round"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,17 @@ class OnlinePreferenceConfig(PreferenceLearningConfig):
         reward_normalisation: ``buffer_minmax`` maps the learned reward so buffered steps span
             [0, 1] (right for "keep doing X"); ``none`` keeps the raw ensemble mean (use it where
             ending the episode is the goal).
+        labeling: ``sync`` asks a round's pairs inside the env step and waits for every answer
+            (the default); ``async`` hands them to a background labelling worker (a thread for
+            endpoint labelers, a process for a local transformers VLM) and takes the answers in
+            as they arrive, so the agent never waits for the labeler (see
+            :mod:`vlmrl.agents.async_labelling`).
+        queue_size: ``async`` only: pairs that may wait for the worker; pairs of a round that do
+            not fit are dropped (counted as ``pairs_dropped``, never asked, not charged to the
+            budget).
+        max_consecutive_failures: stop the run (after a checkpoint) once this many queries in a
+            row failed (no answer after all retries: endpoint down, key refused); an answered,
+            unsure or unparseable query resets the count. 0 never stops.
     """
 
     round_every: int = 4000
@@ -64,11 +86,16 @@ class OnlinePreferenceConfig(PreferenceLearningConfig):
     segment_length: int = 1
     label_frame_mb: int = 1024
     reward_normalisation: Literal["buffer_minmax", "none"] = "buffer_minmax"
+    labeling: Literal["sync", "async"] = "sync"
+    queue_size: int = 100
+    max_consecutive_failures: int = 20
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("round_every", "frame_buffer", "segment_length", "label_frame_mb"):
+        for name in ("round_every", "frame_buffer", "segment_length", "label_frame_mb", "queue_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.first_round_at < 0:
             raise ValueError(f"first_round_at must be >= 0, got {self.first_round_at}")
+        if self.max_consecutive_failures < 0:
+            raise ValueError(f"max_consecutive_failures must be >= 0 (0: never stop), got {self.max_consecutive_failures}")

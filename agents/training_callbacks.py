@@ -1,78 +1,72 @@
-"""SB3 callbacks: labeler metrics to TensorBoard, periodic checkpoints and videos."""
+"""SB3 callbacks: reward-wrapper metrics to TensorBoard, periodic actions (checkpoints, videos),
+stopping on request, and the base of callbacks whose state a checkpoint must keep."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable
 
-import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
-from vlmrl.agents.labelled_reward import LabelledRewardVecEnv
+from vlmrl.agents.reward_wrapper import RewardVecEnvWrapper
 
 
-class LabelMetricsCallback(BaseCallback):
-    """Logs, at every SB3 log dump, what the labeler and reward net did since the last one.
+class RewardMetricsCallback(BaseCallback):
+    """Logs the reward wrapper's :meth:`~RewardVecEnvWrapper.metrics` at every rollout end, plus
+    ``time/env_steps_per_s`` (env steps of this ``learn`` call per wall-clock second).
 
-    TensorBoard keys: ``reward/labeler_mean`` (mean label), ``reward/net_mean`` (mean learned
-    reward), ``reward/true_return`` (mean true episode return), ``reward/labelled_return``
-    (mean episode return under the rewards the agent got), ``labeler/calls``,
-    ``labeler/frames``, ``labeler/fraction`` (labelled / all frames), ``net/fits``,
-    ``net/heldout_pearson``, ``net/train_loss``, ``time/env_steps_per_s``.
+    TensorBoard keys, per-frame labels (:class:`~vlmrl.agents.labelled_reward.LabelledRewardVecEnv`):
+    ``reward/labeler_mean`` (mean label), ``reward/net_mean`` (mean learned reward),
+    ``reward/true_return`` (mean true episode return), ``reward/labelled_return`` (mean episode
+    return under the rewards the agent got), ``labeler/calls``, ``labeler/frames``,
+    ``labeler/fraction`` (labelled / all frames), ``net/fits``, ``net/heldout_pearson``,
+    ``net/train_loss``; with ``labeling: async`` also ``labeler/in_flight`` (frames waiting for
+    a label), ``labeler/dropped`` (frames the queue could not take) and ``labeler/lag_steps``
+    (mean env steps from submit to label).
+
+    Preferences (:class:`~vlmrl.agents.preference_reward.PreferenceRewardVecEnv`):
+    ``labels/asked``, ``labels/answered`` (finite labels, ties included), ``labels/ties``,
+    ``labels/unsure``, ``labels/failed`` (from a VLM labeler's own counters; for the teacher,
+    unsure = its skipped pairs and failed = 0), ``labels/cached``, ``labels/accuracy_vs_oracle``,
+    ``labels/rounds``, ``reward_model/heldout_accuracy``, ``reward_model/train_accuracy``,
+    ``reward_model/fits``, ``reward/true_return``, ``reward/learned_return``,
+    ``time/label_seconds`` (time ``step_wait`` spent submitting and waiting for labels),
+    ``time/fit_seconds``, ``labels/in_flight`` (pairs submitted, not answered yet),
+    ``labels/dropped`` (pairs an asynchronous labeler's queue could not take) and
+    ``labels/lag_steps`` (mean env steps from submit to answer; 0 when synchronous).
     """
 
-    def __init__(self, labelled_env: LabelledRewardVecEnv) -> None:
+    def __init__(self, reward_env: RewardVecEnvWrapper) -> None:
         super().__init__()
-        self.labelled_env = labelled_env
-        self._episode_true = None
-        self._episode_given = None
-        self._true_returns: list[float] = []
-        self._given_returns: list[float] = []
+        self.reward_env = reward_env
         self._start_time = 0.0
         self._start_steps = 0
 
     def _on_training_start(self) -> None:
-        n_envs = self.training_env.num_envs
-        self._episode_true = np.zeros(n_envs)
-        self._episode_given = np.zeros(n_envs)
         self._start_time = time.perf_counter()
         self._start_steps = self.num_timesteps
 
     def _on_step(self) -> bool:
-        infos = self.locals["infos"]
-        rewards = np.asarray(self.locals["rewards"], dtype=np.float64)
-        dones = np.asarray(self.locals["dones"], dtype=bool)
-        self._episode_true += [info["true_reward"] for info in infos]
-        self._episode_given += rewards
-        for index in np.flatnonzero(dones):
-            self._true_returns.append(float(self._episode_true[index]))
-            self._given_returns.append(float(self._episode_given[index]))
-            self._episode_true[index] = 0.0
-            self._episode_given[index] = 0.0
         return True
 
     def _on_rollout_end(self) -> None:
-        stats = self.labelled_env.stats
-        labels, net_rewards = stats.drain_recent()
-        if labels:
-            self.logger.record("reward/labeler_mean", float(np.mean(labels)))
-        if net_rewards:
-            self.logger.record("reward/net_mean", float(np.mean(net_rewards)))
-        if self._true_returns:
-            self.logger.record("reward/true_return", float(np.mean(self._true_returns)))
-            self.logger.record("reward/labelled_return", float(np.mean(self._given_returns)))
-            self._true_returns, self._given_returns = [], []
-        total = stats.labelled_frames + stats.net_frames
-        self.logger.record("labeler/calls", stats.labeler_calls)
-        self.logger.record("labeler/frames", stats.labelled_frames)
-        self.logger.record("labeler/fraction", stats.labelled_frames / max(total, 1))
-        self.logger.record("net/fits", stats.net_fits)
-        if stats.last_fit is not None:
-            self.logger.record("net/heldout_pearson", stats.last_fit.heldout_pearson)
-            self.logger.record("net/train_loss", stats.last_fit.train_loss)
+        for key, value in self.reward_env.metrics().items():
+            self.logger.record(key, value)
         elapsed = time.perf_counter() - self._start_time
         if elapsed > 0:
             self.logger.record("time/env_steps_per_s", (self.num_timesteps - self._start_steps) / elapsed)
+
+
+class CheckpointedCallback(BaseCallback):
+    """A callback with state a ``--resume`` needs: :meth:`save` writes it into a checkpoint
+    directory beside the agent, :meth:`load` brings it back before training continues."""
+
+    def save(self, directory: str | Path) -> None:
+        raise NotImplementedError
+
+    def load(self, directory: str | Path) -> None:
+        raise NotImplementedError
 
 
 class PeriodicCallback(BaseCallback):
@@ -92,3 +86,18 @@ class PeriodicCallback(BaseCallback):
             self.action(self.num_timesteps)
             self._next += self.every
         return True
+
+
+class StopTrainingCallback(BaseCallback):
+    """Ends ``learn`` after the current env step once ``reason()`` returns a reason (not None):
+    a stop signal (:mod:`vlmrl.stopping`) or a labeler that keeps failing. The reason is kept
+    in :attr:`stopped_because`; the caller checkpoints and exits."""
+
+    def __init__(self, reason: Callable[[], str | None]) -> None:
+        super().__init__()
+        self.reason = reason
+        self.stopped_because: str | None = None
+
+    def _on_step(self) -> bool:
+        self.stopped_because = self.reason()
+        return self.stopped_because is None

@@ -10,15 +10,20 @@ Every env returns its ground-truth reward and also puts it in ``info["true_rewar
 | ``vlmrl/CartPoleFixedLength-v1`` | CartPole-v1 | truncation at ``episode_length`` (200) |
 | ``vlmrl/MountainCarContinuousTextured-v0`` | MountainCarContinuous-v0 | truncation at ``episode_length`` (999) |
 | ``vlmrl/HumanoidTextured-v0`` | Humanoid-v5 | truncation at ``episode_length`` (100) |
+| ``vlmrl/MetaWorld<Task>-v0`` | Meta-World v3 ``<task>-v3`` (all 50) | truncation at ``episode_length`` (500) |
+
+The Meta-World ids (``METAWORLD_ENV_IDS``, e.g. ``vlmrl/MetaWorldDrawerOpen-v0``) use RL-VLM-F's
+cameras, crops and scene edits where RL-VLM-F defined them (``envs/metaworld.py``).
 
 Env modules are imported lazily by Gymnasium (string entry points), so importing this package
-does not load MuJoCo or pygame.
+does not load MuJoCo, metaworld or pygame.
 """
 
 from __future__ import annotations
 
 import gymnasium
 
+from vlmrl.errors import ConfigError
 from vlmrl.headless import configure_headless
 
 # MuJoCo picks its OpenGL backend at import and pygame opens a display: set headless defaults
@@ -32,6 +37,39 @@ HUMANOID_TEXTURED_ID = "vlmrl/HumanoidTextured-v0"
 
 ENV_IDS = (CARTPOLE_ID, CARTPOLE_FIXED_LENGTH_ID, MOUNTAIN_CAR_TEXTURED_ID, HUMANOID_TEXTURED_ID)
 
+# Meta-World v3's task names without the "-v3" suffix, listed here so that registering them does
+# not import metaworld (tests/test_metaworld.py checks the list against metaworld's own).
+METAWORLD_TASKS = (
+    "assembly", "basketball", "bin-picking", "box-close", "button-press-topdown",
+    "button-press-topdown-wall", "button-press", "button-press-wall", "coffee-button",
+    "coffee-pull", "coffee-push", "dial-turn", "disassemble", "door-close", "door-lock",
+    "door-open", "door-unlock", "hand-insert", "drawer-close", "drawer-open", "faucet-open",
+    "faucet-close", "hammer", "handle-press-side", "handle-press", "handle-pull-side",
+    "handle-pull", "lever-pull", "pick-place-wall", "pick-out-of-hole", "pick-place",
+    "plate-slide", "plate-slide-side", "plate-slide-back", "plate-slide-back-side",
+    "peg-insert-side", "peg-unplug-side", "soccer", "stick-push", "stick-pull", "push",
+    "push-wall", "push-back", "reach", "reach-wall", "shelf-place", "sweep-into", "sweep",
+    "window-open", "window-close",
+)  # fmt: skip
+
+# task -> env id, e.g. "drawer-open" -> "vlmrl/MetaWorldDrawerOpen-v0".
+METAWORLD_ENV_IDS: dict[str, str] = {
+    task: "vlmrl/MetaWorld" + "".join(part.capitalize() for part in task.split("-")) + "-v0"
+    for task in METAWORLD_TASKS
+}
+
+
+def metaworld_env_id(task: str) -> str:
+    """The vlmrl env id of a Meta-World task (``"drawer-open"`` or ``"drawer-open-v3"``).
+
+    :raises ConfigError: unknown task; the message lists the available ones.
+    """
+    name = task.removesuffix("-v3")
+    if name not in METAWORLD_ENV_IDS:
+        raise ConfigError(f"unknown Meta-World task {task!r}; available: {', '.join(sorted(METAWORLD_TASKS))}")
+    return METAWORLD_ENV_IDS[name]
+
+
 # max_episode_steps is set only where Gymnasium's TimeLimit should truncate; the fixed-length
 # envs truncate themselves so that their ``episode_length`` kwarg is the single source of truth.
 _REGISTRATIONS: dict[str, dict] = {
@@ -43,6 +81,10 @@ _REGISTRATIONS: dict[str, dict] = {
     HUMANOID_TEXTURED_ID: dict(entry_point="vlmrl.envs.humanoid:HumanoidTexturedEnv"),
 }
 
+# Truncation is the env's own (episode_length), as for the fixed-length envs above.
+for _task, _env_id in METAWORLD_ENV_IDS.items():
+    _REGISTRATIONS[_env_id] = dict(entry_point="vlmrl.envs.metaworld:MetaWorldEnv", kwargs={"task": _task})
+
 for _env_id, _kwargs in _REGISTRATIONS.items():
     if _env_id not in gymnasium.registry:
         gymnasium.register(id=_env_id, **_kwargs)
@@ -52,5 +94,8 @@ __all__ = [
     "CARTPOLE_FIXED_LENGTH_ID",
     "ENV_IDS",
     "HUMANOID_TEXTURED_ID",
+    "METAWORLD_ENV_IDS",
+    "METAWORLD_TASKS",
     "MOUNTAIN_CAR_TEXTURED_ID",
+    "metaworld_env_id",
 ]

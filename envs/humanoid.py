@@ -20,6 +20,7 @@ True reward (returned and in ``info["true_reward"]``): Humanoid-v5's reward.
 
 from __future__ import annotations
 
+import weakref
 import xml.etree.ElementTree as ET
 from typing import Any
 
@@ -147,6 +148,7 @@ class HumanoidTexturedEnv(HumanoidEnv):
         self.episode_length = episode_length
         self._steps = 0
         self._renderer: mujoco.Renderer | None = None
+        self._renderer_finalizer: weakref.finalize | None = None
         self._camera = mujoco.MjvCamera()
         self._camera.type = mujoco.mjtCamera.mjCAMERA_FREE
         self._camera.distance = CAMERA_DISTANCE
@@ -182,6 +184,11 @@ class HumanoidTexturedEnv(HumanoidEnv):
             return None
         if self._renderer is None:
             self._renderer = mujoco.Renderer(self.model, height=self.height, width=self.width)
+            # An env nobody closed would otherwise free its GL context during interpreter
+            # teardown, when OSMesa/PyOpenGL are half gone, printing a traceback at exit. A
+            # finalizer runs at exit (before teardown) or when the env is collected, whichever
+            # comes first; it holds the renderer, not the env.
+            self._renderer_finalizer = weakref.finalize(self, self._renderer.close)
             if self.render_quality == "fast":
                 self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
                 self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
@@ -191,7 +198,8 @@ class HumanoidTexturedEnv(HumanoidEnv):
         return self._renderer.render()
 
     def close(self) -> None:
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
+        if self._renderer_finalizer is not None:
+            self._renderer_finalizer()  # closes the renderer once; later calls do nothing
+        self._renderer = None
+        self._renderer_finalizer = None
         super().close()

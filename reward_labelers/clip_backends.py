@@ -254,7 +254,7 @@ def _check_open_clip_pretrained(name: str, pretrained: str | None) -> None:
         if "/" in pretrained or _looks_like_path(pretrained):  # tags never hold a "/"
             raise MissingWeightsError(
                 f"open_clip checkpoint file not found: {pretrained}. Pass the path of an existing "
-                ".pt/.pth/.bin/.safetensors file, or a pretrained tag of {name!r}: "
+                f".pt/.pth/.bin/.safetensors file, or a pretrained tag of {name!r}: "
                 f"{open_clip.list_pretrained_tags_by_model(name)}"
             )
         raise ConfigError(

@@ -10,6 +10,14 @@ Query, as in RL-VLM-F: an analysis turn whose message holds both frames as two i
 text-only labelling turn that quotes the analysis and asks for ``0`` / ``1`` / ``-1``; or, in
 single-stage mode, the direct question. Decoding is greedy, so a rerun gives the same answers.
 
+Answer modes: ``text`` generates the answer turn greedily and reads it with
+``prompts.parse_answer``; ``logprobs`` generates nothing on the answer turn: one forward pass of
+the answer turn's prompt gives the next-token probabilities of the answers ``0``, ``1`` and
+``-1`` (its first token, e.g. ``-``), normalised over the three. The likeliest decides, as a
+decoder constrained to the three answers would, and P(image 1) / P(image 2) are stored beside
+the label (``PairOutcome.p_first`` / ``p_second``). The two-stage analysis turn is generated in
+both modes.
+
 Batching: ``PreferenceLabeler.compare`` asks for one pair at a time from ``batch_size`` worker
 threads; ``_PairBatcher`` gathers those concurrent requests into one left-padded ``generate``
 call, so a batch of pairs costs one forward pass per generated token, not one per pair.
@@ -35,9 +43,11 @@ from vlmrl.reward_labelers.preference import (
     PairOutcome,
     PreferenceLabeler,
     outcome_from_answer,
+    outcome_from_probabilities,
 )
 from vlmrl.reward_labelers.prompts import (
     ANALYSIS_PROMPT,
+    ANSWER_CHOICES,
     LABELLING_PROMPT,
     SINGLE_STAGE_PROMPT,
     prompt_key_fields,
@@ -49,6 +59,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
+HF_ANSWER_MODES = ("text", "logprobs")
 
 
 def vision_message(template: str, goal: str) -> list[dict[str, Any]]:
@@ -256,13 +267,18 @@ def hf_labeler_config(
     analysis_prompt: str = ANALYSIS_PROMPT,
     labelling_prompt: str = LABELLING_PROMPT,
     single_stage_prompt: str = SINGLE_STAGE_PROMPT,
+    answer_mode: str = "text",
 ) -> dict[str, Any]:
     """:attr:`HFPreferenceLabeler.config` for these arguments, without loading the model (a
     process that only plans and records, e.g. the Ray driver, needs the store keys, not the VLM).
 
     Device, dtype and batch size are left out: they change the arithmetic, not the question, so
-    a store filled on a GPU stays valid on another machine.
+    a store filled on a GPU stays valid on another machine. ``answer_mode`` is named only when it
+    is not ``text`` (text-mode keys stay those of stores written before answer modes existed);
+    in ``logprobs`` mode nothing is generated on the answer turn, so its token limit is left out.
     """
+    if answer_mode not in HF_ANSWER_MODES:
+        raise ValueError(f"answer_mode must be one of {HF_ANSWER_MODES}, got {answer_mode!r}")
     config: dict[str, Any] = {
         "labeler": "hf-transformers",
         "model": model,
@@ -272,7 +288,29 @@ def hf_labeler_config(
     }
     if two_stage:
         config["max_new_tokens"] = max_new_tokens
+    if answer_mode == "logprobs":
+        del config["answer_max_new_tokens"]
+        config["answer_mode"] = "logprobs"
     return config
+
+
+def answer_token_ids(tokenizer: Any) -> tuple[int, int, int]:
+    """Ids of the first tokens of the answers ``0``, ``1``, ``-1`` (``-1`` may be ``-`` then
+    ``1``: its first token is what the model commits to first).
+
+    Raises:
+        ValueError: two answers start with the same token, so they cannot be told apart.
+    """
+    ids = []
+    for choice in ANSWER_CHOICES:
+        encoded = tokenizer.encode(choice, add_special_tokens=False)
+        if not encoded:
+            raise ValueError(f"the tokenizer encodes the answer {choice!r} as no tokens")
+        ids.append(int(encoded[0]))
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"the answers {ANSWER_CHOICES} start with the same token ids {ids}; answer_mode: logprobs "
+                         "cannot tell them apart with this tokenizer (use answer_mode: text)")
+    return ids[0], ids[1], ids[2]
 
 
 class HFPreferenceLabeler(PreferenceLabeler):
@@ -286,8 +324,9 @@ class HFPreferenceLabeler(PreferenceLabeler):
         dtype: ``"auto"`` (bf16 on CUDA, fp16 where bf16 is unsupported, float32 on CPU),
             ``"float32"``, ``"bfloat16"`` or ``"float16"``.
         max_new_tokens: length limit of the analysis turn (two-stage), in tokens.
-        answer_max_new_tokens: length limit of the answer turn, in tokens (only its first line
-            is read).
+        answer_max_new_tokens: length limit of the answer turn in ``text`` mode, in tokens.
+        answer_mode: ``text`` (generate the answer, parse it) or ``logprobs`` (score the answers
+            ``0`` / ``1`` / ``-1`` from one forward pass; see the module docstring).
         batch_size: pairs generated together in one left-padded batch.
         batch_wait_s: how long a partial batch waits for more pairs before it runs, in seconds.
         analysis_prompt: first-stage template with ``{image1}``, ``{image2}``, ``{goal}``.
@@ -298,6 +337,8 @@ class HFPreferenceLabeler(PreferenceLabeler):
         thumbnail_size: see ``PreferenceLabeler``.
 
     ``stats.requests`` counts model turns (2 per pair in two-stage mode, 1 in single-stage).
+    ``batches`` records the size of every model call (``generate`` or, in ``logprobs`` mode, the
+    answer turn's forward pass).
     The store key names the model by the ``model`` string as given, so a hub id and a local copy
     of the same weights keep separate labels.
 
@@ -322,9 +363,12 @@ class HFPreferenceLabeler(PreferenceLabeler):
         cache_dir: str | None = None,
         identical_threshold: float = DEFAULT_IDENTICAL_THRESHOLD,
         thumbnail_size: int = 64,
+        answer_mode: str = "text",
     ) -> None:
         if max_new_tokens < 1 or answer_max_new_tokens < 1 or batch_size < 1 or batch_wait_s < 0:
             raise ValueError("max_new_tokens, answer_max_new_tokens and batch_size must be >= 1; batch_wait_s >= 0")
+        if answer_mode not in HF_ANSWER_MODES:
+            raise ValueError(f"answer_mode must be one of {HF_ANSWER_MODES}, got {answer_mode!r}")
         for name, template, needed in (
             ("analysis_prompt", analysis_prompt, ("{image1}", "{image2}", "{goal}")),
             ("labelling_prompt", labelling_prompt, ("{analysis}",)),
@@ -341,6 +385,7 @@ class HFPreferenceLabeler(PreferenceLabeler):
         super().__init__(store, batch_size, identical_threshold, thumbnail_size)
         self.model_name = model
         self.two_stage = bool(two_stage)
+        self.answer_mode = answer_mode
         self.max_new_tokens = int(max_new_tokens)
         self.answer_max_new_tokens = int(answer_max_new_tokens)
         self.batch_size = int(batch_size)
@@ -351,12 +396,16 @@ class HFPreferenceLabeler(PreferenceLabeler):
         self.processor.tokenizer.padding_side = "left"
         if self.processor.tokenizer.pad_token_id is None:
             self.processor.tokenizer.pad_token = self.processor.tokenizer.eos_token
+        self.answer_token_ids = answer_token_ids(self.processor.tokenizer)
+        """Token ids of the first tokens of ``0``, ``1``, ``-1`` (what ``logprobs`` mode scores)."""
         self.batches: list[int] = []
-        """Size of every ``generate`` batch run so far (one entry per model turn)."""
+        """Size of every model call so far (one entry per model turn of a batch)."""
         self._batcher = _PairBatcher(self._run_jobs, self.batch_size, float(batch_wait_s))
 
     def __repr__(self) -> str:
         mode = "two-stage" if self.two_stage else "single-stage"
+        if self.answer_mode != "text":
+            mode += f", answer_mode={self.answer_mode!r}"
         return (
             f"HFPreferenceLabeler(model={self.model_name!r}, {mode}, device={str(self.device)!r}, "
             f"dtype={str(self.dtype).removeprefix('torch.')}, batch_size={self.batch_size}, store={self.store!r})"
@@ -365,7 +414,8 @@ class HFPreferenceLabeler(PreferenceLabeler):
     @property
     def config(self) -> Mapping[str, Any]:
         return hf_labeler_config(self.model_name, self.two_stage, self.max_new_tokens, self.answer_max_new_tokens,
-                                 self.analysis_prompt, self.labelling_prompt, self.single_stage_prompt)
+                                 self.analysis_prompt, self.labelling_prompt, self.single_stage_prompt,
+                                 self.answer_mode)
 
     def ask(self, first: np.ndarray, second: np.ndarray, goal: str) -> PairOutcome:
         return self._batcher.ask(first, second, goal)
@@ -373,17 +423,19 @@ class HFPreferenceLabeler(PreferenceLabeler):
     def _run_jobs(self, jobs: list[_Job]) -> list[PairOutcome]:
         raw = self._query_pairs([j.first for j in jobs], [j.second for j in jobs], [j.goal for j in jobs])
         outcomes = []
-        for analysis, answer in raw:
+        for analysis, answer, probabilities in raw:
             turns = 2 if self.two_stage and answer is not None else 1
             if answer is None:  # two-stage with an empty analysis: nothing to label from
                 outcomes.append(PairOutcome(UNPARSEABLE, analysis=analysis, error="empty analysis", requests=turns))
-                continue
-            outcomes.append(outcome_from_answer(answer, analysis, turns))
+            elif probabilities is not None:
+                outcomes.append(outcome_from_probabilities(*probabilities, answer, analysis, turns))
+            else:
+                outcomes.append(outcome_from_answer(answer, analysis, turns))
         return outcomes
 
     def _query_pairs(
         self, first: Sequence[np.ndarray], second: Sequence[np.ndarray], goals: Sequence[str]
-    ) -> list[tuple[str | None, str | None]]:
+    ) -> list[tuple[str | None, str | None, tuple[float, float, float] | None]]:
         """Ask the model about a batch of pairs; no parsing, no store.
 
         Args:
@@ -392,35 +444,44 @@ class HFPreferenceLabeler(PreferenceLabeler):
             goals: the goal of each pair.
 
         Returns:
-            ``(analysis, answer)`` per pair: analysis is None in single-stage mode; answer is
-            None when a two-stage analysis came back empty (no labelling turn is run for it).
+            ``(analysis, answer, probabilities)`` per pair: analysis is None in single-stage
+            mode; answer is None when a two-stage analysis came back empty (no labelling turn is
+            run for it); probabilities are P(``0``), P(``1``), P(``-1``) of the answer turn's
+            next token in ``logprobs`` mode (answer is then the likeliest of the three), else None.
         """
         from PIL import Image
 
         images = [[Image.fromarray(a), Image.fromarray(b)] for a, b in zip(first, second)]
         if not self.two_stage:
             messages = [vision_message(self.single_stage_prompt, goal) for goal in goals]
-            return [(None, answer) for answer in self._generate(messages, images, self.answer_max_new_tokens)]
+            return self._answer(messages, images)
 
         messages = [vision_message(self.analysis_prompt, goal) for goal in goals]
         analyses = self._generate(messages, images, self.max_new_tokens)
         to_label = [i for i, analysis in enumerate(analyses) if analysis.strip()]
-        answers: list[str | None] = [None] * len(analyses)
+        results: list[tuple[str | None, str | None, tuple[float, float, float] | None]] = [
+            (analysis, None, None) for analysis in analyses
+        ]
         if to_label:
             prompts = [
                 text_message(self.labelling_prompt.replace("{goal}", goals[i]).replace("{analysis}", analyses[i]))
                 for i in to_label
             ]
-            for i, answer in zip(to_label, self._generate(prompts, None, self.answer_max_new_tokens)):
-                answers[i] = answer
-        return list(zip(analyses, answers))
+            for i, (_, answer, probabilities) in zip(to_label, self._answer(prompts, None)):
+                results[i] = (analyses[i], answer, probabilities)
+        return results
 
-    def _generate(
-        self, messages: list[list[dict[str, Any]]], images: list[list[Any]] | None, max_new_tokens: int
-    ) -> list[str]:
-        """Greedy-decode one user turn per conversation; returns the new text of each."""
-        import torch
+    def _answer(
+        self, messages: list[list[dict[str, Any]]], images: list[list[Any]] | None
+    ) -> list[tuple[None, str, tuple[float, float, float] | None]]:
+        """The answer turn of each conversation, in this labeler's answer mode."""
+        if self.answer_mode == "text":
+            return [(None, answer, None) for answer in self._generate(messages, images, self.answer_max_new_tokens)]
+        probabilities = self._score_answers(messages, images)
+        return [(None, ANSWER_CHOICES[int(np.argmax(row))], tuple(row.tolist())) for row in probabilities]
 
+    def _model_inputs(self, messages: list[list[dict[str, Any]]], images: list[list[Any]] | None) -> Any:
+        """Left-padded processor inputs of one user turn per conversation, on the model's device."""
         texts = [self.processor.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in messages]
         kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
         if images is not None:
@@ -428,7 +489,40 @@ class HFPreferenceLabeler(PreferenceLabeler):
         inputs = self.processor(**kwargs).to(self.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        self.batches.append(len(texts))
+        return inputs
+
+    def _score_answers(self, messages: list[list[dict[str, Any]]], images: list[list[Any]] | None) -> np.ndarray:
+        """Next-token probabilities of the answers after each prompt: float64 ``[B, 3]`` for
+        ``0``, ``1``, ``-1`` (each answer's first token), from one forward pass, no sampling.
+
+        Left padding puts every row's last prompt token at the last position, whose logits give
+        the first answer token's distribution (the one ``generate`` would sample from).
+        """
+        import torch
+
+        inputs = self._model_inputs(messages, images)
+        self.batches.append(len(messages))
+        try:
+            with torch.inference_mode():
+                # logits_to_keep=1: only the last position's logits, not [B, L, vocab].
+                logits = self.model(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1, :]
+        except torch.cuda.OutOfMemoryError as error:
+            raise UserError(
+                f"the GPU ran out of memory scoring {len(messages)} answers at once; lower batch_size "
+                f"(now {self.batch_size})"
+            ) from error
+        # Softmax in float32 over the whole vocabulary: bf16 logits would round small probabilities.
+        probabilities = torch.softmax(logits.float(), dim=-1)[:, list(self.answer_token_ids)]
+        return probabilities.double().cpu().numpy()
+
+    def _generate(
+        self, messages: list[list[dict[str, Any]]], images: list[list[Any]] | None, max_new_tokens: int
+    ) -> list[str]:
+        """Greedy-decode one user turn per conversation; returns the new text of each."""
+        import torch
+
+        inputs = self._model_inputs(messages, images)
+        self.batches.append(len(messages))
         try:
             with torch.inference_mode():
                 output = self.model.generate(
@@ -443,11 +537,20 @@ class HFPreferenceLabeler(PreferenceLabeler):
                 )
         except torch.cuda.OutOfMemoryError as error:
             raise UserError(
-                f"the GPU ran out of memory generating for {len(texts)} pairs at once; "
+                f"the GPU ran out of memory generating for {len(messages)} pairs at once; "
                 f"lower batch_size (now {self.batch_size}) or max_new_tokens (now {self.max_new_tokens})"
             ) from error
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         return self.processor.batch_decode(new_tokens, skip_special_tokens=True)
 
 
-__all__ = ["HFPreferenceLabeler", "load_vlm", "missing_weights_message", "text_message", "vision_message"]
+__all__ = [
+    "HF_ANSWER_MODES",
+    "HFPreferenceLabeler",
+    "answer_token_ids",
+    "hf_labeler_config",
+    "load_vlm",
+    "missing_weights_message",
+    "text_message",
+    "vision_message",
+]

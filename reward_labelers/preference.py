@@ -3,11 +3,18 @@
 ``PreferenceLabeler`` holds the logic every VLM backend shares: validating the batch, skipping
 (near-)identical pairs before any query, reading final answers from the label store, asking the
 rest with bounded concurrency, committing each answer to the store as it arrives, and counting.
-A backend implements only ``config`` (what determines its answers) and ``ask`` (one pair).
+A backend implements only ``config`` (what determines its answers) and ``ask`` (one pair),
+and may check its endpoint before a run in ``preflight``.
 
 Label convention: a label is the probability that the *first* frame is preferred:
 1.0 first better, 0.0 second better, NaN when there is no usable answer. Labels are never
 invented: unsure, unparseable, failed and skipped pairs are NaN.
+
+Answers read from the answer token's probabilities (``answer_mode: logprobs``) also carry
+``p_first`` / ``p_second`` = P(answer ``0``) / P(answer ``1``), normalised over the answers
+``0``, ``1``, ``-1``; the label is still hard (1.0 / 0.0 for the likelier side, NaN when ``-1``
+is likeliest). ``compare_with_confidence`` returns them beside the labels, so a Bradley-Terry fit
+can use soft labels or drop unconfident answers (``vlmrl.reward_learning.preference_fit_labels``).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from vlmrl.label_store import (
     thumbnail,
 )
 from vlmrl.reward_labelers.base import check_frames
-from vlmrl.reward_labelers.prompts import AnswerKind, parse_answer
+from vlmrl.reward_labelers.prompts import AnswerKind, ParsedAnswer, parse_answer
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +88,8 @@ class PairOutcome:
         answer: the raw labelling answer, or None when none came back.
         error: why the query failed or could not be parsed, or None.
         requests: HTTP requests spent on this pair, retries included.
+        p_first, p_second: P(answer ``0``: image 1 better) and P(answer ``1``: image 2 better)
+            when the label was read from the answer token's probabilities, else None.
     """
 
     status: str
@@ -89,6 +98,8 @@ class PairOutcome:
     answer: str | None = None
     error: str | None = None
     requests: int = 1
+    p_first: float | None = None
+    p_second: float | None = None
 
 
 _STATUS_OF_KIND = {
@@ -113,6 +124,40 @@ def outcome_from_answer(answer: str | None, analysis: str | None, requests: int)
     )
 
 
+def outcome_from_probabilities(
+    p_first: float, p_second: float, p_unsure: float, answer: str | None, analysis: str | None, requests: int
+) -> PairOutcome:
+    """The outcome of an answer read from the probabilities of its first token (every backend).
+
+    Args:
+        p_first, p_second, p_unsure: probabilities (or any non-negative weights) of the answers
+            ``0``, ``1`` and ``-1``; normalised here over their sum.
+        answer: the raw answer text kept with the row (the generated text, or the likeliest
+            answer where nothing was generated).
+
+    The likeliest answer decides, as a constrained greedy decoder would: ``0`` -> label 1.0,
+    ``1`` -> 0.0, ``-1`` (or a tie between ``0`` and ``1``) -> unsure, NaN. Zero total weight
+    (none of the three answers was scored) is unparseable. Normalised ``p_first`` / ``p_second``
+    are kept on every parsed outcome.
+    """
+    weights = np.array([p_first, p_second, p_unsure], dtype=np.float64)
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise ValueError(f"answer probabilities must be finite and >= 0, got {weights.tolist()}")
+    total = float(weights.sum())
+    if total <= 0.0:
+        return PairOutcome(UNPARSEABLE, analysis=analysis, answer=answer, requests=requests,
+                           error="none of the answers 0, 1, -1 was among the scored tokens")
+    p1, p2, pu = (weights / total).tolist()
+    if p1 > max(p2, pu):
+        kind = AnswerKind.FIRST
+    elif p2 > max(p1, pu):
+        kind = AnswerKind.SECOND
+    else:  # -1 likeliest, or 0 and 1 exactly tied: no preference, none invented
+        kind = AnswerKind.UNSURE
+    return PairOutcome(_STATUS_OF_KIND[kind], label=ParsedAnswer(kind).label, analysis=analysis, answer=answer,
+                       requests=requests, p_first=p1, p_second=p2)
+
+
 @dataclass
 class PairPlan:
     """What :meth:`PreferenceLabeler.plan` decided for a batch of ``N`` pairs before any query.
@@ -123,6 +168,8 @@ class PairPlan:
         labels: float32 ``[N]``; stored labels filled in, NaN elsewhere (``record`` fills the rest).
         to_ask: store key -> indices of the pairs with that key, one entry per query to make.
         true_rewards: the ``(r_first, r_second)`` float64 ``[N]`` arrays given, or None.
+        p_first, p_second: float32 ``[N]`` answer probabilities (see ``PairOutcome``), NaN where
+            unknown; filled like ``labels``.
     """
 
     goal: str
@@ -132,6 +179,14 @@ class PairPlan:
     labels: np.ndarray
     to_ask: dict[str, list[int]]
     true_rewards: tuple[np.ndarray, np.ndarray] | None
+    p_first: np.ndarray | None = None
+    p_second: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.p_first is None:
+            self.p_first = np.full(len(self.labels), np.nan, dtype=np.float32)
+        if self.p_second is None:
+            self.p_second = np.full(len(self.labels), np.nan, dtype=np.float32)
 
 
 def mean_abs_difference(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -188,6 +243,13 @@ class PreferenceLabeler(ABC):
         ``failed`` outcome instead).
         """
 
+    def preflight(self) -> None:
+        """Check, before a run asks anything, that the labeler can work as configured (an
+        endpoint is reachable, accepts the key, supports the answer mode); raise
+        ``vlmrl.errors.UserError`` saying what to fix. Call it once at start-up: failing on the
+        first pair beats failing after hundreds. Nothing to check here; endpoint labelers override it.
+        """
+
     def compare(
         self,
         first: np.ndarray,
@@ -210,10 +272,30 @@ class PreferenceLabeler(ABC):
             NaN when the VLM was unsure, saw no difference, gave an unparseable answer, the
             query failed, or the frames were (near-)identical.
         """
+        return self.compare_with_confidence(first, second, goal, true_rewards)[0]
+
+    def compare_with_confidence(
+        self,
+        first: np.ndarray,
+        second: np.ndarray,
+        goal: str,
+        true_rewards: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`compare`, plus how sure each answer was.
+
+        Returns:
+            ``(labels, p_first, p_second)``, float32 ``[N]`` each: the labels of ``compare``, and
+            P(image 1 better) / P(image 2 better) of each answer read from the answer token's
+            probabilities (``answer_mode: logprobs``), stored ones included; NaN where unknown
+            (answers read from text, unanswered and skipped pairs).
+        """
         first, second = check_frames(first), check_frames(second)
         plan = self.plan(first, second, goal, true_rewards)
-        if not plan.to_ask:
-            return plan.labels
+        if plan.to_ask:
+            self._ask_planned(plan, first, second, goal)
+        return plan.labels, plan.p_first, plan.p_second
+
+    def _ask_planned(self, plan: PairPlan, first: np.ndarray, second: np.ndarray, goal: str) -> None:
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(plan.to_ask))) as pool:
             futures = {
                 pool.submit(self.ask, first[idx[0]], second[idx[0]], goal): key for key, idx in plan.to_ask.items()
@@ -228,7 +310,6 @@ class PreferenceLabeler(ABC):
                 # Ctrl-C or a bug: start no new queries; those in flight end within their timeout.
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
-        return plan.labels
 
     def plan(
         self,
@@ -257,6 +338,8 @@ class PreferenceLabeler(ABC):
         identical = mean_abs_difference(first, second) < self.identical_threshold
         self.stats.skipped_identical += int(identical.sum())
         stored = self.store.get_many([k for k, same in zip(keys, identical) if not same]) if self.store else {}
+        p_first = np.full(n, np.nan, dtype=np.float32)
+        p_second = np.full(n, np.nan, dtype=np.float32)
         # One query per distinct key (a batch may repeat a pair).
         for i in range(n):
             if identical[i]:
@@ -264,10 +347,12 @@ class PreferenceLabeler(ABC):
             row = stored.get(keys[i])
             if row is not None and row.is_final:
                 labels[i] = row.label_value
+                if row.p_first is not None and row.p_second is not None:
+                    p_first[i], p_second[i] = row.p_first, row.p_second
                 self.stats.cached += 1
             else:
                 to_ask.setdefault(keys[i], []).append(i)
-        return PairPlan(goal, config_json, keys, hashes, labels, to_ask, rewards)
+        return PairPlan(goal, config_json, keys, hashes, labels, to_ask, rewards, p_first, p_second)
 
     def ask_many(self, first: np.ndarray, second: np.ndarray, goal: str) -> list[PairOutcome]:
         """Ask about every pair, ``max_concurrency`` at a time, and return the outcomes in order.
@@ -288,6 +373,8 @@ class PreferenceLabeler(ABC):
         self._count(outcome)
         indices = plan.to_ask[key]
         plan.labels[indices] = outcome.label
+        plan.p_first[indices] = math.nan if outcome.p_first is None else outcome.p_first
+        plan.p_second[indices] = math.nan if outcome.p_second is None else outcome.p_second
         if self.store is not None:
             self._record(key, plan.hashes[indices[0]], plan.goal, plan.config_json, outcome, first, second,
                          plan.true_rewards, indices[0])
@@ -334,6 +421,8 @@ class PreferenceLabeler(ABC):
             attempts=outcome.requests,
             true_rewards=(rewards[0][index], rewards[1][index]) if rewards is not None else None,
             thumbnails=thumbs,
+            p_first=outcome.p_first,
+            p_second=outcome.p_second,
         )
 
     @staticmethod
@@ -389,4 +478,5 @@ __all__ = [
     "PreferenceStats",
     "mean_abs_difference",
     "outcome_from_answer",
+    "outcome_from_probabilities",
 ]

@@ -244,6 +244,21 @@ def parse_answer(text: str | None) -> ParsedAnswer:
     return ParsedAnswer(kind)
 
 
+ANSWER_CHOICES = ("0", "1", "-1")
+"""The only answers a constrained server may give, in the VLM's convention (image 1, image 2, unsure)."""
+
+# First tokens of the answers as tokenisers split them: "-1" is often "-" then "1".
+_TOKEN_KIND = {"0": AnswerKind.FIRST, "1": AnswerKind.SECOND, "+1": AnswerKind.SECOND, "-1": AnswerKind.UNSURE,
+               "-": AnswerKind.UNSURE}
+
+
+def answer_token_kind(token: str) -> AnswerKind | None:
+    """What the *first token* of an answer commits to: ``"0"`` FIRST, ``"1"`` SECOND, ``"-1"``
+    or ``"-"`` (the start of ``-1``) UNSURE; None for any other token. Surrounding whitespace
+    and full-width forms are ignored, case too (``" 0"``, ``"\uff10"``)."""
+    return _TOKEN_KIND.get(_normalise(token).strip())
+
+
 def prompt_key_fields(two_stage: bool, analysis_prompt: str, labelling_prompt: str, single_stage_prompt: str) -> dict[str, str]:
     """The mode and the prompts in use, as label-store key fields (changing one asks again)."""
     if two_stage:

@@ -5,17 +5,8 @@ subclasses :class:`LabelerConfig`, names its ``kind``, says whether the labeler 
 frames (``family = "frame"``, a :class:`~vlmrl.reward_labelers.base.FrameRewardLabeler`) or
 compares pairs (``family = "pair"``, a :class:`~vlmrl.reward_labelers.base.PairwiseLabeler`),
 and builds it in :meth:`LabelerConfig.create`. Registering it (d3rlpy's ``register_learnable``
-pattern) makes ``labeler: {kind: <kind>, ...}`` valid in every YAML config::
-
-    @register_labeler
-    @dataclass(frozen=True, kw_only=True)
-    class BrightnessConfig(LabelerConfig):
-        kind: ClassVar[str] = "brightness"
-        family: ClassVar[str] = "frame"
-        scale: float = 1.0
-
-        def create(self, *, seed=0, store=None):
-            return BrightnessLabeler(self.scale)
+pattern) makes ``labeler: {kind: <kind>, ...}`` valid in every YAML config. README "Adding a
+labeler" walks through a complete example (``tests/test_adding_a_labeler.py`` runs it).
 
 The YAML section is flat: ``kind`` picks the class, every other key is one of its fields
 (``device`` is common to all). Config modules must stay light (no torch at import): the
@@ -70,6 +61,11 @@ class LabelerConfig:
             store: pairwise VLM labelers: the SQLite label store (None = keep no record).
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement create()")
+
+    def preflight(self) -> None:
+        """Check in seconds, before any work, that the labeler's service answers (one cheap
+        request for an endpoint); raise :class:`~vlmrl.errors.UserError` saying what to fix.
+        Labelers without a service check nothing."""
 
     @property
     def inputs(self) -> str:

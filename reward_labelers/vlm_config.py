@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Literal, Mapping
 
 from vlmrl.reward_labelers.registry import LabelerConfig, register_labeler
 
@@ -38,6 +38,12 @@ class OpenAIConfig(VlmConfig):
         max_concurrency: requests in flight at once.
         timeout_s: seconds per request before it is retried.
         max_retries: retries per request (429/5xx/timeouts), with exponential backoff.
+        answer_mode: how the answer turn is asked and read: ``text`` (free text, parsed),
+            ``constrained`` (the server must choose among ``0``, ``1``, ``-1``: vLLM's guided
+            choice; falls back to text with a warning where the server rejects it) or
+            ``logprobs`` (the answer token's top log-probabilities give P(image 1), P(image 2),
+            stored beside the label; the server must return log-probabilities). Changing it
+            asks again (it is part of the store key, except ``text``).
     """
 
     kind: ClassVar[str] = "openai"
@@ -47,6 +53,7 @@ class OpenAIConfig(VlmConfig):
     max_concurrency: int = 4
     timeout_s: float = 60.0
     max_retries: int = 5
+    answer_mode: Literal["text", "constrained", "logprobs"] = "text"
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -62,13 +69,16 @@ class OpenAIConfig(VlmConfig):
     def pairs_in_flight(self) -> int:
         return self.max_concurrency
 
+    def preflight(self) -> None:
+        self.create(store=None).preflight()
+
     def create(self, *, seed: int = 0, store: str | Path | None = None) -> Any:
         from vlmrl.reward_labelers.openai_preference import OpenAIPreferenceLabeler
 
         return OpenAIPreferenceLabeler(
             base_url=self.base_url, model=self.model, api_key_env=self.api_key_env, store=store,
             two_stage=self.two_stage, max_concurrency=self.max_concurrency, timeout_s=self.timeout_s,
-            max_retries=self.max_retries,
+            max_retries=self.max_retries, answer_mode=self.answer_mode,
         )
 
 
@@ -81,12 +91,17 @@ class HFConfig(VlmConfig):
         model: hub id (read from the Hugging Face cache) or a local model folder.
         batch_size: pairs generated together in one batch.
         max_new_tokens: length limit of the analysis turn, in tokens.
+        answer_mode: ``text`` (generate the answer, parse it) or ``logprobs`` (score the answers
+            ``0`` / ``1`` / ``-1`` from the logits of one forward pass of the answer turn, no
+            sampling; P(image 1), P(image 2) are stored beside the label). Part of the store key
+            except ``text``.
     """
 
     kind: ClassVar[str] = "hf"
     model: str
     batch_size: int = 8
     max_new_tokens: int = 256
+    answer_mode: Literal["text", "logprobs"] = "text"
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0:
@@ -102,10 +117,11 @@ class HFConfig(VlmConfig):
         """The labeler's ``config`` (its label-store key fields) without loading the model."""
         from vlmrl.reward_labelers.hf_preference import hf_labeler_config
 
-        return hf_labeler_config(self.model, self.two_stage, self.max_new_tokens)
+        return hf_labeler_config(self.model, self.two_stage, self.max_new_tokens, answer_mode=self.answer_mode)
 
     def create(self, *, seed: int = 0, store: str | Path | None = None) -> Any:
         from vlmrl.reward_labelers.hf_preference import HFPreferenceLabeler
 
         return HFPreferenceLabeler(model=self.model, store=store, two_stage=self.two_stage, device=self.device,
-                                   batch_size=self.batch_size, max_new_tokens=self.max_new_tokens)
+                                   batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
+                                   answer_mode=self.answer_mode)

@@ -23,8 +23,8 @@ def tiny_open_clip(tmp_path_factory):
 def test_train_cartpole_clip_config_with_local_checkpoint(tiny_open_clip, tmp_path):
     config_path, checkpoint = tiny_open_clip
     settings = [
-        f"labeler.clip.model={config_path}",
-        f"labeler.clip.pretrained={checkpoint}",
+        f"labeler.model={config_path}",
+        f"labeler.pretrained={checkpoint}",
         "labeler.device=cpu",
         "run.torch_threads=1",
         "agent.total_timesteps=512",
@@ -35,7 +35,7 @@ def test_train_cartpole_clip_config_with_local_checkpoint(tiny_open_clip, tmp_pa
         "env.render_height=64",
         "reward.warmup_labels=128",
         "reward.retrain_every=256",
-        "reward.net_input_size=48",
+        "reward.net.input_size=48",
         f"run.root={tmp_path}",
         "run.eval_episodes=1",
         "run.checkpoint_every=512",
@@ -57,9 +57,9 @@ def test_eval_reward_with_transformers_backend(tmp_path):
     model_dir = save_tiny_hf_clip(tmp_path / "hf")
     out = tmp_path / "eval"
     settings = [
-        "labeler.clip.backend=transformers",
-        f"labeler.clip.model={model_dir}",
-        "labeler.clip.pretrained=null",
+        "labeler.backend=transformers",
+        f"labeler.model={model_dir}",
+        "labeler.pretrained=null",
         "env.render_width=64",
         "env.render_height=64",
         "env.kwargs.episode_length=40",

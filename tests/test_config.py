@@ -1,16 +1,47 @@
 """Config loading: every task config validates; bad keys, types and values name file and key."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from vlmrl.config import ExperimentConfig, load_config
+from vlmrl.config import (
+    ExperimentConfig,
+    OfflineExperimentConfig,
+    RelabelConfig,
+    load_config,
+    load_offline_config,
+    load_relabel_config,
+)
+from vlmrl.config_loading import build_dataclass, to_plain
 from vlmrl.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(REPO.joinpath("configs").glob("*.yaml"))
 ONLINE_CONFIGS = [p for p in CONFIGS if yaml.safe_load(p.read_text()).get("agent", {}).get("algo") in ("ppo", "sac")]
+
+
+def loader_of(path: Path):
+    """The loader and config class a file under configs/ is for, by its name."""
+    if "_relabel_" in path.name:
+        return load_relabel_config, RelabelConfig
+    if "_offline_" in path.name:
+        return load_offline_config, OfflineExperimentConfig
+    return load_config, ExperimentConfig
+
+
+def test_every_config_file_is_covered():
+    assert CONFIGS and set(ONLINE_CONFIGS) == {p for p in CONFIGS if loader_of(p)[1] is ExperimentConfig}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_loads_with_its_loader_and_round_trips(path):
+    load, cls = loader_of(path)
+    config = load(path)
+    assert isinstance(config, cls)
+    assert build_dataclass(cls, to_plain(config), str(path)) == config
 
 
 @pytest.mark.parametrize("path", ONLINE_CONFIGS, ids=lambda p: p.name)
@@ -23,19 +54,18 @@ def test_every_online_task_config_loads_and_round_trips(path, tmp_path):
 
 
 def test_relabel_and_offline_configs_load():
-    from vlmrl.offline_train import load_offline_config
-    from vlmrl.relabel import load_relabel_config
-
-    assert load_relabel_config(REPO / "configs/pendulum_relabel_oracle_pref.yaml").kind == "preference"
-    vllm = load_relabel_config(REPO / "configs/pendulum_relabel_vllm_pref.yaml").preference.teacher
+    oracle = load_relabel_config(REPO / "configs/pendulum_relabel_oracle_pref.yaml")
+    assert (oracle.labeler.kind, oracle.labeler.family) == ("teacher", "pair")
+    assert (oracle.preference.net.kind, oracle.preference.net.hidden_size, oracle.preference.fit.epochs) == ("mlp", 64, 20)
+    vllm = load_relabel_config(REPO / "configs/pendulum_relabel_vllm_pref.yaml").labeler
     assert (vllm.kind, vllm.base_url) == ("openai", "http://127.0.0.1:8000/v1")
-    hosted = load_relabel_config(REPO / "configs/pendulum_relabel_hosted_pref.yaml").preference.teacher
+    hosted = load_relabel_config(REPO / "configs/pendulum_relabel_hosted_pref.yaml").labeler
     assert hosted.base_url.startswith("https://") and hosted.api_key_env == "OPENAI_API_KEY"
     assert load_offline_config(REPO / "configs/pendulum_offline_iql.yaml").agent.algo == "iql"
 
 
-def write(tmp_path, text):
-    path = tmp_path / "bad.yaml"
+def write(tmp_path, text, name="bad.yaml"):
+    path = tmp_path / name
     path.write_text(text)
     return path
 
@@ -71,9 +101,9 @@ def test_value_outside_literal_lists_allowed_values(tmp_path):
 def test_out_of_range_value_names_section_and_field(tmp_path):
     path = write(
         tmp_path,
-        BASE.replace("{kind: oracle}", "{kind: clip, clip: {goal_prompts: [a], baseline_prompts: [b], alpha: 1.5}}"),
+        BASE.replace("{kind: oracle}", "{kind: clip, goal_prompts: [a], baseline_prompts: [b], alpha: 1.5}"),
     )
-    with pytest.raises(ConfigError, match=r"labeler\.clip: alpha must be in \[0, 1\], got 1.5"):
+    with pytest.raises(ConfigError, match=r"labeler: alpha must be in \[0, 1\], got 1.5"):
         load_config(path)
 
 
@@ -105,3 +135,63 @@ def test_missing_file_and_invalid_yaml(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(write(tmp_path, "task: [unclosed"))
+
+
+def test_unknown_labeler_kind_lists_the_registered_kinds(tmp_path):
+    path = write(tmp_path, BASE.replace("{kind: oracle}", "{kind: preference}"))
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert str(path) in message and "labeler.kind" in message and "'preference'" in message
+    for kind in ("clip", "hf", "openai", "oracle", "reward_model", "teacher"):
+        assert kind in message
+    # (not "brightness": tests/test_adding_a_labeler.py registers that kind in the same process)
+    relabel = write(tmp_path, "labeler: {kind: sparkle}\n", "relabel.yaml")
+    with pytest.raises(ConfigError, match=r"labeler\.kind: unknown labeler kind 'sparkle'; registered kinds: "):
+        load_relabel_config(relabel)
+
+
+def test_a_vlm_labeler_without_preference_goal_names_it(tmp_path):
+    openai = "{kind: openai, base_url: 'http://127.0.0.1:8000/v1', model: m}"
+    path = write(tmp_path, BASE.replace("{kind: oracle}", openai))
+    with pytest.raises(ConfigError, match=r"preference\.goal") as error:
+        load_config(path)
+    assert str(path) in str(error.value) and "'openai'" in str(error.value)
+    assert load_config(path, ["preference.goal=to open the drawer"]).preference.goal == "to open the drawer"
+    relabel = write(tmp_path, f"labeler: {openai}\n", "relabel.yaml")
+    with pytest.raises(ConfigError, match=r"preference\.goal"):
+        load_relabel_config(relabel)
+    # The scripted teacher reads only true rewards: it needs no goal.
+    assert load_config(path, ["labeler={kind: teacher}"]).labeler.kind == "teacher"
+
+
+def test_new_settings_are_reachable_with_set_overrides(tmp_path):
+    path = write(tmp_path, BASE.replace("{kind: oracle}", "{kind: teacher}"))
+    config = load_config(path, [
+        "preference.reward_normalisation=none",
+        "preference.label_frame_mb=64",
+        "preference.fit.heldout_fraction=0.25",
+        "reward.fit.heldout_fraction=0",
+        "labeler.gamma=0.9",
+        "labeler.return_scale=12.5",
+    ])
+    assert config.preference.reward_normalisation == "none" and config.preference.label_frame_mb == 64
+    assert config.preference.fit.heldout_fraction == 0.25 and config.reward.fit.heldout_fraction == 0.0
+    assert (config.labeler.gamma, config.labeler.return_scale) == (0.9, 12.5)
+    with pytest.raises(ConfigError, match=r"allowed values: 'buffer_minmax', 'none'"):
+        load_config(path, ["preference.reward_normalisation=zscore"])
+    with pytest.raises(ConfigError, match=r"heldout_fraction must be in \[0, 1\)"):
+        load_config(path, ["preference.fit.heldout_fraction=1"])
+    with pytest.raises(ConfigError, match=r"gamma must be in \(0, 1\]"):
+        load_config(path, ["labeler.gamma=0"])
+    relabel = write(tmp_path, "labeler: {kind: teacher}\n", "relabel.yaml")
+    config = load_relabel_config(relabel, ["labeler.gamma=0.5", "labeler.return_scale=3",
+                                           "preference.fit.heldout_fraction=0.2"])
+    assert (config.labeler.gamma, config.labeler.return_scale, config.preference.fit.heldout_fraction) == (0.5, 3.0, 0.2)
+
+
+def test_importing_the_config_module_does_not_import_torch():
+    code = "import sys, vlmrl.config; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

@@ -170,6 +170,76 @@ def test_cartpole_upright_pole_is_drawn_vertically():
     assert abs(cols.mean() - 112) < 4  # cart centred at x = 0
 
 
+def gymnasium_frame_resized(x: float, theta: float, width: int, height: int) -> np.ndarray:
+    """What vlmrl drew before drawing directly: Gymnasium's pygame picture on the native canvas,
+    area-averaged (or bicubic-upscaled) to the frame size."""
+    from gymnasium.envs.classic_control.cartpole import CartPoleEnv as GymCartPole
+    from PIL import Image
+
+    from vlmrl.envs.cartpole import native_canvas_size
+
+    env = GymCartPole(render_mode="rgb_array")
+    env.screen_width, env.screen_height = native_canvas_size(width, height)
+    env.reset(seed=0)
+    env.state = np.array([x, 0.0, theta, 0.0])
+    frame = env.render()
+    env.close()
+    if frame.shape[:2] != (height, width):
+        resample = Image.Resampling.BOX if width < frame.shape[1] else Image.Resampling.BICUBIC
+        frame = np.asarray(Image.fromarray(frame).resize((width, height), resample))
+    return frame
+
+
+@pytest.mark.parametrize("width, height", [(64, 64), (96, 64), (224, 224), (600, 400), (1200, 800)])
+def test_cartpole_drawn_directly_matches_gymnasium_picture_resized(width, height):
+    """Frames drawn at the requested size look like Gymnasium's 600-px picture resized: same
+    shapes, colours and places; only anti-aliasing at the edges differs."""
+    from vlmrl.envs.cartpole import draw_cartpole
+
+    rng = np.random.default_rng(width)
+    for x, theta in [(0.0, 0.0), (2.0, 0.2), *zip(rng.uniform(-2.4, 2.4, 4), rng.uniform(-1.5, 1.5, 4))]:
+        ours = draw_cartpole(float(x), float(theta), width, height).astype(int)
+        reference = gymnasium_frame_resized(float(x), float(theta), width, height).astype(int)
+        assert ours.shape == reference.shape == (height, width, 3)
+        difference = np.abs(ours - reference).max(axis=-1)
+        assert difference.mean() < 1.0, (x, theta)  # in 0-255 levels, averaged over the frame
+        assert (difference > 64).mean() < 0.005, (x, theta)  # strong differences: edge pixels only
+
+
+def test_cartpole_env_renders_its_state_without_pygame():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, gymnasium as gym, vlmrl\n"
+        "from vlmrl.envs.cartpole import draw_cartpole\n"
+        "env = gym.make('vlmrl/CartPole-v1', render_mode='rgb_array', render_width=80, render_height=60)\n"
+        "env.reset(seed=0)\n"
+        "x, _, theta, _ = env.unwrapped.state\n"
+        "assert np.array_equal(env.render(), draw_cartpole(x, theta, 80, 60))\n"
+        "print('pygame' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_import_vlmrl_alone_registers_the_env_ids_and_stays_light():
+    """`import vlmrl` registers the ids (as `import ale_py` does for ALE) without loading torch,
+    MuJoCo or pygame: the env modules load when an env is made."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gymnasium as gym, vlmrl\n"
+        "env = gym.make('vlmrl/CartPole-v1'); env.reset(seed=0); env.close()\n"
+        "print(sorted(m for m in ('torch', 'mujoco', 'pygame') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 # --- MountainCar ------------------------------------------------------------------------------
 
 
@@ -288,3 +358,23 @@ def test_humanoid_dynamics_and_reward_equal_humanoid_v5():
         assert reward_a == reward_b
     ours.close()
     theirs.close()
+
+
+@pytest.mark.parametrize("keep_alive", ["in __main__", "on a module torn down late"])
+def test_humanoid_left_open_exits_without_a_traceback(keep_alive):
+    """An env nobody closed must not print an OSMesa/PyOpenGL traceback at interpreter exit
+    (its renderer used to be freed during module teardown, when those modules are half gone)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import gymnasium as gym, vlmrl\n"
+        "env = gym.make('vlmrl/HumanoidTextured-v0', render_mode='rgb_array', render_width=48, render_height=48)\n"
+        "env.reset(seed=0)\n"
+        "assert env.render().shape == (48, 48, 3)\n"
+    )
+    if keep_alive != "in __main__":
+        code += "import logging; logging.kept_env = env\n"  # outlives __main__'s globals at teardown
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr

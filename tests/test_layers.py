@@ -47,6 +47,18 @@ def test_the_tree_keeps_every_import_contract(layout: Path) -> None:
     assert "2 kept, 0 broken" in result.stdout
 
 
+def test_every_module_has_a_place_in_the_layers() -> None:
+    """A module left out of the contract would escape it: every top-level module of the package
+    (and each installed subpackage) must be named in a layer."""
+    import tomllib
+
+    contract = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]
+    named = {name.strip() for layer in contract["layers"] for name in layer.replace("|", ":").split(":")}
+    modules = {f"vlmrl.{path.stem}" for path in (REPO / "vlmrl").glob("*.py") if path.stem != "__init__"}
+    modules |= {"vlmrl.envs", "vlmrl.agents", "vlmrl.reward_labelers"}
+    assert sorted(modules - named) == []
+
+
 def test_an_upward_import_breaks_the_layers_contract(layout: Path) -> None:
     # An env (bottom) reaching for the config (top), inside a function: still an upward import.
     with open(layout / "vlmrl/envs/cartpole.py", "a") as module:

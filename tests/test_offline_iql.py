@@ -88,9 +88,9 @@ def test_iql_beats_bc_on_oracle_preference_relabelled_medium_random_data(root, t
                     random_fraction=0.5, render_size=(8, 8), seed=0)
     labeler = tmp_path / "pref.yaml"
     labeler.write_text(
-        "kind: preference\ndevice: cpu\nchunk_size: 4096\npreference:\n  goal: pendulum upright\n"
-        "  teacher: {kind: oracle}\n  budget: 1000\n  pairs_per_round: 100\n  net: mlp\n  hidden_size: 64\n"
-        "  ensemble_size: 3\n  epochs: 20\n"
+        "labeler: {kind: teacher, device: cpu}\nchunk_size: 4096\npreference:\n  goal: pendulum upright\n"
+        "  budget: 1000\n  pairs_per_round: 100\n  net: {kind: mlp, hidden_size: 64, ensemble_size: 3}\n"
+        "  fit: {epochs: 20}\n"
     )
     assert main(["relabel", "pendulum/medium-random-v0", "--labeler", str(labeler), "--out",
                  "pendulum/medium-random-pref-v0", "--no-progress"]) == 0

@@ -123,3 +123,17 @@ def test_deterministic_given_the_seed() -> None:
 def test_rejects_out_of_range_knobs(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         OracleTeacher(**kwargs)
+
+
+def test_the_teacher_config_builds_the_teacher_with_every_knob() -> None:
+    from vlmrl.reward_labelers.oracle_config import TeacherConfig
+
+    config = TeacherConfig(beta=2.0, gamma=0.9, eps_mistake=0.1, eps_equal=0.05, eps_skip=0.2, return_scale=3.0)
+    teacher = config.create(seed=4)
+    assert repr(teacher) == repr(OracleTeacher(beta=2.0, gamma=0.9, eps_mistake=0.1, eps_skip=0.2, eps_equal=0.05,
+                                               return_scale=3.0, seed=4))
+    r1, r2 = random_returns(200)
+    segments = (np.stack([r1, r2], axis=1), np.stack([r2, r1], axis=1))
+    direct = OracleTeacher(beta=2.0, gamma=0.9, eps_mistake=0.1, eps_skip=0.2, eps_equal=0.05, return_scale=3.0, seed=4)
+    np.testing.assert_array_equal(teacher.compare(None, None, true_rewards=segments),
+                                  direct.compare(None, None, true_rewards=segments))

@@ -51,7 +51,7 @@ def test_oracle_relabel_gives_the_true_rewards(root, tmp_path):
     from vlmrl.datasets import open_dataset
 
     collect("pendulum/random-v0")
-    config = write_yaml(tmp_path / "oracle.yaml", "kind: oracle\nchunk_size: 16\noracle: {scale: 2.0}\n")
+    config = write_yaml(tmp_path / "oracle.yaml", "labeler: {kind: oracle, scale: 2.0}\nchunk_size: 16\n")
     assert main(["relabel", "pendulum/random-v0", "--labeler", str(config), "--out", "pendulum/oracle-v0",
                  "--no-progress"]) == 0
     source, relabelled = open_dataset("pendulum/random-v0"), open_dataset("pendulum/oracle-v0")
@@ -69,7 +69,8 @@ def test_oracle_relabel_gives_the_true_rewards(root, tmp_path):
         np.testing.assert_allclose(relabelled.true_rewards(after), source.true_rewards(before))
     meta = relabelled.metadata["vlmrl"]
     assert meta["source_dataset"] == "pendulum/random-v0"
-    assert meta["labeler"]["kind"] == "oracle" and meta["labeler"]["oracle"]["scale"] == 2.0
+    assert meta["labeler"]["labeler"]["kind"] == "oracle" and meta["labeler"]["labeler"]["scale"] == 2.0
+    assert relabelled.metadata["algorithm_name"] == "vlmrl relabel (oracle)"
     assert meta["counts"] == {"episodes": 3, "transitions": 60, "frames_labelled": 63}
     # The source is untouched and a second relabel to the same id is refused.
     assert main(["relabel", "pendulum/random-v0", "--labeler", str(config), "--out", "pendulum/oracle-v0"]) == 2
@@ -82,8 +83,8 @@ def test_reward_model_relabel_equals_the_model_on_each_frame(root, tmp_path):
     collect("pendulum/random-v0", episodes=2, steps=10)
     model = RewardModel(RewardNetConfig(kind="cnn", input_size=48), ensemble_size=2, device="cpu", seed=3)
     model.save(tmp_path / "model")
-    config = write_yaml(tmp_path / "net.yaml", f"kind: reward_model\nreward_frame: next\nchunk_size: 7\n"
-                                               f"device: cpu\nreward_model: {{path: {tmp_path / 'model'}}}\n")
+    config = write_yaml(tmp_path / "net.yaml", f"labeler: {{kind: reward_model, device: cpu, path: {tmp_path / 'model'}}}\n"
+                                               "reward_frame: next\nchunk_size: 7\n")
     assert main(["relabel", "pendulum/random-v0", "--labeler", str(config), "--out", "pendulum/net-v0",
                  "--no-progress"]) == 0
     relabelled = open_dataset("pendulum/net-v0")
@@ -102,15 +103,15 @@ def test_clip_relabel_scores_every_frame(root, tmp_path):
     collect("pendulum/random-v0", episodes=2, steps=8, size=64)
     weights = save_tiny_open_clip(tmp_path / "clip")
     config = write_yaml(tmp_path / "clip.yaml", (
-        "kind: clip\nchunk_size: 5\ndevice: cpu\n"
-        f"clip: {{model: {weights[0] if isinstance(weights, tuple) else 'ViT-B-32'}, pretrained: "
-        f"{weights[1] if isinstance(weights, tuple) else weights}, alpha: 0.5, goal_prompts: [pendulum upright], "
-        "baseline_prompts: [pendulum]}\n"))
+        "chunk_size: 5\n"
+        f"labeler: {{kind: clip, device: cpu, model: {weights[0] if isinstance(weights, tuple) else 'ViT-B-32'}, "
+        f"pretrained: {weights[1] if isinstance(weights, tuple) else weights}, alpha: 0.5, "
+        "goal_prompts: [pendulum upright], baseline_prompts: [pendulum]}\n"))
     assert main(["relabel", "pendulum/random-v0", "--labeler", str(config), "--out", "pendulum/clip-v0",
                  "--no-progress"]) == 0
-    from vlmrl.relabel import load_relabel_config
+    from vlmrl.config import load_relabel_config
 
-    clip = load_relabel_config(config).clip
+    clip = load_relabel_config(config).labeler
     labeler = ClipRewardLabeler(model=clip.model, pretrained=clip.pretrained, goal_prompts=list(clip.goal_prompts),
                                 baseline_prompts=list(clip.baseline_prompts), alpha=clip.alpha, device="cpu")
     relabelled = open_dataset("pendulum/clip-v0")
@@ -140,7 +141,7 @@ def test_data_collector_dataset_with_image_observations_relabels_through_the_cli
                              description="random Pendulum with rendered pixels")
     collector.close()
 
-    config = write_yaml(tmp_path / "oracle.yaml", "kind: oracle\nchunk_size: 4\n")
+    config = write_yaml(tmp_path / "oracle.yaml", "labeler: {kind: oracle}\nchunk_size: 4\n")
     assert main(["relabel", "pendulum/pixels-v0", "--labeler", str(config), "--out", "pendulum/pixels-oracle-v0",
                  "--frames-key", "pixels", "--no-progress"]) == 0
     source = minari.load_dataset("pendulum/pixels-v0")
@@ -187,7 +188,7 @@ def _bad_input_cases(root: Path, tmp_path: Path) -> list[tuple[str, list[str], s
 
 def test_bad_input_is_rejected_with_nothing_written(root, tmp_path, capsys):
     cases = _bad_input_cases(root, tmp_path)
-    config = write_yaml(tmp_path / "net.yaml", f"kind: reward_model\ndevice: cpu\nreward_model: {{path: {tmp_path / 'm'}}}\n")
+    config = write_yaml(tmp_path / "net.yaml", f"labeler: {{kind: reward_model, device: cpu, path: {tmp_path / 'm'}}}\n")
     for source, message in cases:
         capsys.readouterr()
         code = main(["relabel", source, "--labeler", str(config), "--out", "bad/output-v0", "--no-progress"])
@@ -199,19 +200,15 @@ def test_bad_input_is_rejected_with_nothing_written(root, tmp_path, capsys):
 
 
 PREF_CONFIG = """\
-kind: preference
 chunk_size: 8
-device: cpu
+labeler: {{kind: openai, device: cpu, base_url: "{url}", model: test-vlm, max_concurrency: 1, max_retries: 0, timeout_s: 10}}
 preference:
   goal: the pendulum is bright
   label_store: {store}
   budget: 24
   pairs_per_round: 4
-  net: cnn
-  input_size: 48
-  ensemble_size: 2
-  epochs: 3
-  teacher: {{kind: openai, base_url: "{url}", model: test-vlm, max_concurrency: 1, max_retries: 0, timeout_s: 10}}
+  net: {{kind: cnn, input_size: 48, ensemble_size: 2}}
+  fit: {{epochs: 3}}
 """
 
 
@@ -270,5 +267,7 @@ def test_killed_preference_relabel_resumes_byte_identical_without_reasking(root,
     counts = relabelled.metadata["vlmrl"]["counts"]
     assert counts["pairs_queried"] == 24 and counts["pairs_labelled"] + counts["pairs_discarded"] == 24
     assert relabelled.metadata["vlmrl"]["label_store"] == str(store.resolve())
+    assert relabelled.metadata["vlmrl"]["labeler"]["labeler"]["kind"] == "openai"
+    assert relabelled.metadata["algorithm_name"] == "vlmrl relabel (openai)"
     assert not any(p.name.startswith(".relabel-") for p in root.iterdir())
     shutil.rmtree(root / "pendulum/pref-ref-v0")

@@ -18,7 +18,8 @@ ray = pytest.importorskip("ray", reason="needs the ray extra: pip install 'vlmrl
 from openai_test_server import OpenAITestServer  # noqa: E402
 
 from vlmrl.cli import main  # noqa: E402
-from vlmrl.relabel import RelabelTimings, load_relabel_config, relabel  # noqa: E402
+from vlmrl.config import load_relabel_config  # noqa: E402
+from vlmrl.relabel import RelabelTimings, relabel  # noqa: E402
 from vlmrl.relabel_ray import RayOptions  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -76,9 +77,9 @@ def test_every_frame_labeler_gives_the_local_engines_dataset(root, tmp_path):
     clip_config, clip_weights = save_tiny_open_clip(tmp_path / "clip")
     configs = {
         # Oracle noise is seeded per chunk: equal output needs equal chunk boundaries on the workers.
-        "oracle": "kind: oracle\nchunk_size: 8\noracle: {scale: 2.0, noise_std: 0.5}\n",
-        "net": f"kind: reward_model\nchunk_size: 8\ndevice: cpu\nreward_model: {{path: {model}}}\n",
-        "clip": (f"kind: clip\nchunk_size: 8\ndevice: cpu\nclip: {{model: {clip_config}, pretrained: {clip_weights}, "
+        "oracle": "chunk_size: 8\nlabeler: {kind: oracle, scale: 2.0, noise_std: 0.5}\n",
+        "net": f"chunk_size: 8\nlabeler: {{kind: reward_model, device: cpu, path: {model}}}\n",
+        "clip": (f"chunk_size: 8\nlabeler: {{kind: clip, device: cpu, model: {clip_config}, pretrained: {clip_weights}, "
                  "goal_prompts: [pendulum upright], baseline_prompts: [pendulum]}\n"),
     }
     for name, text in configs.items():
@@ -143,7 +144,7 @@ def test_killed_actor_is_restarted_and_nothing_is_lost_or_counted_twice(root, tm
     model = tmp_path / "model"
     RewardModel(RewardNetConfig(kind="cnn", input_size=96), ensemble_size=3, device="cpu").save(model)
     path = tmp_path / "net.yaml"
-    path.write_text(f"kind: reward_model\nchunk_size: 16\ndevice: cpu\nreward_model: {{path: {model}}}\n")
+    path.write_text(f"chunk_size: 16\nlabeler: {{kind: reward_model, device: cpu, path: {model}}}\n")
     n_chunks = -(-1200 // 16)
     chunks_dir = datasets_root() / ".relabel-pendulum__net-ray-v0" / "chunks"
 
@@ -166,19 +167,15 @@ def test_killed_actor_is_restarted_and_nothing_is_lost_or_counted_twice(root, tm
 
 
 PREF_CONFIG = """\
-kind: preference
 chunk_size: 8
-device: cpu
+labeler: {{kind: openai, device: cpu, base_url: "{url}", model: test-vlm, max_concurrency: 2, max_retries: 0, timeout_s: 10}}
 preference:
   goal: the pendulum is bright
   label_store: {store}
   budget: 24
   pairs_per_round: 8
-  net: cnn
-  input_size: 48
-  ensemble_size: 2
-  epochs: 3
-  teacher: {{kind: openai, base_url: "{url}", model: test-vlm, max_concurrency: 2, max_retries: 0, timeout_s: 10}}
+  net: {{kind: cnn, input_size: 48, ensemble_size: 2}}
+  fit: {{epochs: 3}}
 """
 
 
@@ -228,7 +225,7 @@ def test_vlm_preferences_on_ray_match_local_with_one_store_writer(root, tmp_path
 def test_too_few_cpus_for_the_workers_is_a_clear_cli_error(root, tmp_path, capsys):
     collect("pendulum/random-v0", episodes=1, steps=5)
     path = tmp_path / "oracle.yaml"
-    path.write_text("kind: oracle\n")
+    path.write_text("labeler: {kind: oracle}\n")
     code = main(["relabel", "pendulum/random-v0", "--labeler", str(path), "--out", "pendulum/o-v0",
                  "--engine", "ray", "--workers", "2", "--cpus-per-worker", "1"])
     assert code == 2
@@ -253,7 +250,7 @@ def test_unreachable_address_fails_fast_with_a_clear_error(root, tmp_path):
 
     collect("pendulum/random-v0", episodes=1, steps=5)
     path = tmp_path / "oracle.yaml"
-    path.write_text("kind: oracle\n")
+    path.write_text("labeler: {kind: oracle}\n")
     result = subprocess.run(  # Ray alone would retry an address nobody answers for minutes: timeout fails it
         [sys.executable, "-m", "vlmrl.cli", "relabel", "pendulum/random-v0", "--labeler", str(path), "--out",
          "pendulum/o-v0", "--engine", "ray", "--address", "127.0.0.1:1"],
@@ -266,18 +263,14 @@ def test_unreachable_address_fails_fast_with_a_clear_error(root, tmp_path):
 
 
 HF_PREF_CONFIG = """\
-kind: preference
-device: cpu
+labeler: {{kind: hf, device: cpu, model: "{model}", two_stage: false, batch_size: 3, max_new_tokens: 4}}
 preference:
   goal: the pendulum is upright
   label_store: {store}
   budget: 12
   pairs_per_round: 6
-  net: mlp
-  hidden_size: 16
-  ensemble_size: 2
-  epochs: 3
-  teacher: {{kind: hf, model: "{model}", two_stage: false, batch_size: 3, max_new_tokens: 4}}
+  net: {{kind: mlp, hidden_size: 16, ensemble_size: 2}}
+  fit: {{epochs: 3}}
 """
 
 
@@ -311,6 +304,8 @@ def test_local_transformers_vlm_in_every_actor_labels_like_the_local_engine(root
         text = text.replace(str(store.resolve()), "<store>").replace(str(store), "<store>").replace(f"hf-{engine}-v0", "<id>")
         metadata[engine] = json.loads(text)
         assert metadata[engine]["vlmrl"]["counts"]["pairs_labelled"] == 12
-    assert metadata["ray"] == metadata["local"]  # the teacher's description included: no device in it
+    assert metadata["ray"] == metadata["local"]  # the labeler config included: the same on both engines
+    assert "teacher" not in metadata["ray"]["vlmrl"]
+    assert metadata["ray"]["vlmrl"]["labeler"]["labeler"]["kind"] == "hf"
     for ours, theirs in zip(_episodes("pendulum/hf-ray-v0"), _episodes("pendulum/hf-local-v0")):
         np.testing.assert_array_equal(ours.rewards, theirs.rewards)

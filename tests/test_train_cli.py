@@ -1,6 +1,7 @@
 """`vlmrl train`, `--resume`, `vlmrl record` and `vlmrl eval-reward` as a user runs them."""
 
 import json
+import re
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -31,8 +32,8 @@ def short_run_overrides(root: Path, steps: int) -> list[str]:
         "agent.hyperparams.n_epochs=2",
         "reward.warmup_labels=128",
         "reward.retrain_every=256",
-        "reward.net_input_size=48",
-        "reward.epochs=1",
+        "reward.net.input_size=48",
+        "reward.fit.epochs=1",
     ]
     return [arg for setting in settings for arg in ("--set", setting)]
 
@@ -179,3 +180,118 @@ def test_sac_run_checkpoints_its_replay_buffer_and_resumes(tmp_path):
     assert (checkpoint / "replay_buffer.pkl").is_file()
     assert main(["train", "--resume", str(run_dir), "--no-progress", "--set", "agent.total_timesteps=400"]) == 0
     assert json.loads((run_dir / "summary.json").read_text())["env_steps"] == 400
+
+
+# -- VLM endpoints: fail fast, failure streaks, async labelling, labelling mode on resume ----------
+
+VLM_SETTINGS = [
+    "labeler.model=test-vlm", "labeler.max_retries=0", "labeler.timeout_s=30", "env.n_envs=2", "env.render_width=64",
+    "env.render_height=64", "preference.first_round_at=64", "preference.round_every=128",
+    "preference.pairs_per_round=8", "preference.fit.epochs=1", "preference.net.ensemble_size=1",
+    "agent.hyperparams.n_steps=64", "agent.hyperparams.batch_size=64", "agent.hyperparams.n_epochs=1",
+    "run.eval_episodes=1", "run.video_episodes=0", "run.torch_threads=1",
+]
+
+
+def vlm_train_args(root: Path, base_url: str, *settings: str) -> list[str]:
+    args = ["train", str(REPO / "configs/cartpole_vlm_pref.yaml"), "--no-progress", "--set", f"run.root={root}",
+            "--set", f"labeler.base_url={base_url}"]
+    for setting in [*VLM_SETTINGS, *settings]:
+        args += ["--set", setting]
+    return args
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_an_unreachable_endpoint_stops_train_at_once_naming_the_url(tmp_path, capsys):
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    assert main(vlm_train_args(tmp_path, url, "agent.total_timesteps=512")) == 2
+    err = capsys.readouterr().err
+    assert f"cannot reach the VLM endpoint at {url}" in err and "labeler.base_url" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # no empty run directory left behind
+
+
+def test_an_endpoint_that_refuses_the_key_stops_train_at_once(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    from openai_test_server import OpenAITestServer
+
+    with OpenAITestServer(model="test-vlm", api_key="sesame") as server:
+        assert main(vlm_train_args(tmp_path, server.base_url, "agent.total_timesteps=512")) == 2
+        assert server.count() == 0  # stopped before any pair was asked
+    err = capsys.readouterr().err
+    assert f"the VLM endpoint at {server.base_url} answered HTTP 401 (unauthorised)" in err and "OPENAI_API_KEY" in err
+
+
+@pytest.mark.parametrize("labeling", ["sync", "async"])
+def test_failing_queries_stop_train_after_a_checkpoint_instead_of_training_on_nothing(tmp_path, capsys, labeling):
+    from openai_test_server import OpenAITestServer, Status
+
+    with OpenAITestServer(model="test-vlm") as server:
+        server.set_default("vision", Status(500))  # the model list answers, every question fails
+        code = main(vlm_train_args(tmp_path, server.base_url, "agent.total_timesteps=100000",
+                                   "preference.max_consecutive_failures=3", f"preference.labeling={labeling}"))
+    assert code == 2
+    err = capsys.readouterr().err
+    run_dir = only_run_dir(tmp_path)
+    (checkpoint,) = list_checkpoints(run_dir)
+    # Queries already in flight (8 at a time) may end the streak past 3.
+    streak = re.search(rf"the VLM endpoint at {re.escape(server.base_url)} keeps failing: (\d+) queries in a row failed "
+                       r"\(last error: HTTP 500", err)
+    assert streak and int(streak.group(1)) >= 3, err
+    assert f"A checkpoint was written to {checkpoint}; once it works, continue with vlmrl train --resume {run_dir}" in err
+    assert read_checkpoint_state(checkpoint)["num_timesteps"] < 1000
+
+
+def test_async_vlm_run_reports_in_flight_dropped_and_lag_in_summary_and_tensorboard(tmp_path):
+    from openai_test_server import OpenAITestServer
+
+    with OpenAITestServer(model="test-vlm", latency_ms=50) as server:
+        code = main(vlm_train_args(tmp_path, server.base_url, "agent.total_timesteps=768", "preference.labeling=async",
+                                   "preference.queue_size=4", "preference.budget=32"))
+    assert code == 0
+    run_dir = only_run_dir(tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["labeling"] == "async" and summary["pairs_asked"] > 0 and summary["pairs_dropped"] > 0
+    assert summary["label_lag_steps_mean"] > 0 and summary["label_wait_seconds"] >= 0
+    scalars = tensorboard_scalars(run_dir)
+    for tag in ("labels/in_flight", "labels/dropped", "labels/lag_steps", "time/label_seconds"):
+        assert tag in scalars, tag
+
+
+def test_a_run_resumed_in_another_labelling_mode_says_so_and_continues(tmp_path, capsys):
+    settings = ["agent.total_timesteps=512", f"run.root={tmp_path}", "run.checkpoint_every=256", "run.eval_episodes=1",
+                "run.video_episodes=0", "env.n_envs=2", "preference.first_round_at=128", "preference.round_every=256",
+                "preference.pairs_per_round=50", "agent.hyperparams.n_steps=64", "agent.hyperparams.batch_size=64",
+                "agent.hyperparams.n_epochs=1"]
+    args = ["train", str(REPO / "configs/cartpole_oracle_pref.yaml"), "--no-progress"]
+    assert main([*args, *(arg for setting in settings for arg in ("--set", setting))]) == 0
+    run_dir = only_run_dir(tmp_path)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir), "--no-progress", "--set", "agent.total_timesteps=1024",
+                 "--set", "preference.labeling=async"]) == 0
+    out = capsys.readouterr().out
+    assert ("note: the checkpoint was written with preference.labeling=sync; this run continues with "
+            "preference.labeling=async") in out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["labeling"] == "async" and summary["env_steps"] == 1024 and summary["pairs_asked"] > 50
+    assert main(["train", "--resume", str(run_dir), "--set", "preference.budget=5"]) == 2
+    assert "with --resume only agent.total_timesteps, preference.labeling" in capsys.readouterr().err
+
+
+def test_async_per_frame_labels_train_with_the_distilled_net_rewarding_every_step(tmp_path):
+    overrides = [setting for setting in short_run_overrides(tmp_path, 1024)] + ["--set", "reward.labeling=async",
+                                                                               "--set", "reward.queue_size=64"]
+    assert main(["train", str(REPO / "configs/cartpole_oracle.yaml"), "--no-progress", "--no-video", *overrides]) == 0
+    run_dir = only_run_dir(tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["labeling"] == "async" and summary["net_frames"] == 1024 and summary["labelled_frames"] > 0
+    assert summary["net_fits"] >= 1 and summary["labelled_frames"] + summary["frames_dropped"] + summary["frames_in_flight"] > 0
+    scalars = tensorboard_scalars(run_dir)
+    for tag in ("labeler/in_flight", "labeler/dropped", "labeler/lag_steps", "net/fits"):
+        assert tag in scalars, tag

@@ -1,11 +1,17 @@
 """vlmrl: embodied reinforcement learning with rewards from vision-language models.
 
 Data flows one way: env -> frames -> labeler -> labels -> reward net -> agent.
+
+Importing ``vlmrl`` sets headless rendering defaults and registers the ``vlmrl/...``
+Gymnasium ids (as ``import ale_py`` does for ALE), so ``gym.make("vlmrl/CartPole-v1")`` works
+after it. The env modules themselves (pygame, MuJoCo) load only when an env is made.
 """
 
 import contextlib
 
 from vlmrl.headless import configure_headless
+
+__version__ = "0.1.0"
 
 configure_headless()
 
@@ -17,4 +23,5 @@ with contextlib.suppress(ImportError):
 
     gym_notices.notices.notices.clear()
 
-__version__ = "0.1.0"
+# Registration costs one Gymnasium import (~0.1 s, no torch); entry points are strings.
+import vlmrl.envs  # noqa: E402,F401

@@ -5,9 +5,12 @@ Examples::
     vlmrl collect pendulum --policy random --episodes 50 --out pendulum/random-v0
     vlmrl collect pendulum --policy runs/pendulum_sac --noise 0.3 --random-fraction 0.5 \\
         --episodes 100 --out pendulum/medium-replay-v0
+    vlmrl collect metaworld-drawer-open --policy scripted --noise 0.5 --random-fraction 0.3 \
+        --episodes 50 --render-size 300 --out metaworld/drawer-open-medium-v0
 
 A mixture (random / medium / expert) is ``--random-fraction`` of the episodes played by the
-uniform random policy and the rest by the trained policy with Gaussian action noise of
+uniform random policy and the rest by the trained policy (or Meta-World's scripted expert,
+``--policy scripted``) with Gaussian action noise of
 ``--noise`` times half the action range. Frames (``--render-size``) are stored losslessly
 beside the Minari data (see :mod:`vlmrl.datasets`).
 """
@@ -23,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from vlmrl.datasets import check_output_dataset, datasets_root
 from vlmrl.errors import UserError
+from vlmrl.locks import OutputLock
 
 TASK_ALIASES = {
     "pendulum": "Pendulum-v1",
@@ -43,8 +48,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("task", help=f"Gymnasium id or alias ({', '.join(TASK_ALIASES)})")
-    parser.add_argument("--policy", default="random", help="'random' or an SB3 run directory (model.zip or checkpoints/)")
+    parser.add_argument("task", help=f"Gymnasium id, alias ({', '.join(TASK_ALIASES)}) or metaworld-<task> "
+                                     "(e.g. metaworld-drawer-open, metaworld-sweep-into, metaworld-soccer)")
+    parser.add_argument("--policy", default="random",
+                        help="'random', 'scripted' (Meta-World's expert, metaworld-<task> only) or an SB3 run "
+                             "directory (model.zip or checkpoints/)")
     parser.add_argument("--noise", type=float, default=0.0, help="Gaussian action noise, in half action ranges")
     parser.add_argument("--random-fraction", type=float, default=0.0, help="fraction of episodes played at random")
     parser.add_argument("--episodes", type=int, required=True)
@@ -59,8 +67,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if len(args.render_size) not in (1, 2):
         raise UserError("--render-size takes one number or HEIGHT WIDTH")
+    if min(args.render_size) <= 0:
+        raise UserError(f"--render-size must be > 0 pixels, got {' '.join(map(str, args.render_size))}")
     size = (args.render_size[0], args.render_size[-1])
-    policy = None if args.policy == "random" else load_sb3_policy(Path(args.policy))
+    check_collect_arguments(args.episodes, args.random_fraction, args.noise, args.max_steps)
+    check_output_dataset(args.out)  # before loading a policy or rendering anything
+    if args.policy == "random":
+        policy = None
+    elif args.policy == "scripted":
+        policy = scripted_expert(args.task)
+    else:
+        policy = load_sb3_policy(Path(args.policy))
     path = collect_dataset(
         task=args.task,
         dataset_id=args.out,
@@ -77,8 +94,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+METAWORLD_PREFIX = "metaworld-"
+
+
 def resolve_task(task: str) -> str:
+    """An alias, ``metaworld-<task>`` (e.g. ``metaworld-drawer-open``) or a Gymnasium id."""
+    if task.lower().startswith(METAWORLD_PREFIX):
+        from vlmrl.envs import metaworld_env_id
+
+        return metaworld_env_id(task[len(METAWORLD_PREFIX):].lower())  # unknown: lists the tasks
     return TASK_ALIASES.get(task.lower(), task)
+
+
+def scripted_expert(task: str) -> Policy:
+    """Meta-World's own scripted expert policy for a ``metaworld-<task>`` (``--policy scripted``)."""
+    if not task.lower().startswith(METAWORLD_PREFIX):
+        raise UserError(f"--policy scripted needs a Meta-World task (metaworld-<task>, e.g. metaworld-drawer-open), "
+                        f"got {task!r}; use 'random' or an SB3 run directory")
+    resolve_task(task)  # an unknown task names the available ones
+    from vlmrl.envs.metaworld_policies import scripted_policy
+
+    return scripted_policy(task[len(METAWORLD_PREFIX):].lower())
 
 
 def make_render_env(env_id: str, render_size: tuple[int, int]) -> Any:
@@ -138,17 +174,33 @@ def collect_dataset(
     Returns:
         The published dataset directory.
     """
-    from tqdm import tqdm
+    check_collect_arguments(episodes, random_fraction, noise, max_steps)
+    check_output_dataset(dataset_id)
+    lock = OutputLock(datasets_root() / f".collect-{dataset_id.replace('/', '__')}.lock", "collect", dataset_id)
+    with lock:  # one writer per output: a second collect of the same --out stops at once
+        return _collect(task, dataset_id, episodes, policy, policy_name, noise, random_fraction, render_size,
+                        max_steps, seed)
 
-    from vlmrl.datasets import EpisodeData, MinariWriter, check_dataset_id
 
+def check_collect_arguments(episodes: int, random_fraction: float, noise: float, max_steps: int | None) -> None:
+    """Refuse values that would record nothing or fail later, before anything is rendered."""
     if episodes <= 0:
         raise UserError(f"--episodes must be > 0, got {episodes}")
     if not 0.0 <= random_fraction <= 1.0:
         raise UserError(f"--random-fraction must be in [0, 1], got {random_fraction}")
     if noise < 0:
         raise UserError(f"--noise must be >= 0, got {noise}")
-    check_dataset_id(dataset_id)
+    if max_steps is not None and max_steps < 1:
+        raise UserError(f"--max-steps must be >= 1 (an episode needs at least one step), got {max_steps}")
+
+
+def _collect(task: str, dataset_id: str, episodes: int, policy: Policy | None, policy_name: str, noise: float,
+             random_fraction: float, render_size: tuple[int, int], max_steps: int | None, seed: int) -> Path:
+    """The rollouts of :func:`collect_dataset`, once its arguments and output are checked and locked."""
+    from tqdm import tqdm
+
+    from vlmrl.datasets import EpisodeData, MinariWriter
+
     env_id = resolve_task(task)
     env = make_render_env(env_id, render_size)
     space = env.action_space
@@ -240,9 +292,19 @@ def load_sb3_policy(run_dir: Path) -> Policy:
     import stable_baselines3 as sb3
 
     path = find_sb3_model(run_dir)
-    with zipfile.ZipFile(path) as archive:
-        data = json.loads(archive.read("data"))
-    module = str(data.get("policy_class", {}).get("__module__", ""))
+    try:
+        with zipfile.ZipFile(path) as archive:
+            data = json.loads(archive.read("data"))
+    except (zipfile.BadZipFile, OSError) as error:
+        raise UserError(f"--policy {path}: not a readable SB3 model file ({error})") from error
+    except KeyError as error:
+        raise UserError(f"--policy {path}: not an SB3 model (no 'data' entry in the zip)") from error
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"--policy {path}, entry 'data': corrupt JSON ({error})") from error
+    if not isinstance(data, dict):
+        raise UserError(f"--policy {path}, entry 'data': expected a JSON object")
+    policy_class = data.get("policy_class")
+    module = str(policy_class.get("__module__", "")) if isinstance(policy_class, dict) else ""
     classes = {"sac": sb3.SAC, "td3": sb3.TD3, "ddpg": sb3.DDPG, "ppo": sb3.PPO, "a2c": sb3.A2C}
     algo = next((cls for name, cls in classes.items() if f".{name}." in module), None)
     if algo is None:

@@ -149,7 +149,7 @@ class RelabelConfig:
     """
 
     labeler: LabelerConfig
-    preference: PreferenceLearningConfig = field(default_factory=lambda: PreferenceLearningConfig(budget=500))
+    preference: PreferenceLearningConfig = field(default_factory=PreferenceLearningConfig)
     reward_frame: Literal["current", "next"] = "current"
     frames_key: str | None = None
     chunk_size: int = 256

@@ -47,6 +47,8 @@ from vlmrl.errors import UserError
 
 FRAMES_DIR = "frames"
 METADATA_KEY = "vlmrl"
+METADATA_FILE = "metadata.json"
+HDF5_FILE = "main_data.hdf5"
 
 
 def datasets_root() -> Path:
@@ -76,6 +78,21 @@ def dataset_dir(dataset_id: str) -> Path:
 
 def dataset_exists(dataset_id: str) -> bool:
     return (dataset_dir(dataset_id) / "data" / "metadata.json").is_file()
+
+
+def check_output_dataset(dataset_id: str) -> Path:
+    """Check, before any work, that a NEW dataset can be written under ``dataset_id``; return its
+    directory. Raises a :class:`UserError` for a bad id, an existing dataset, or a location that
+    cannot be written (the datasets root, for staging, and the folder the dataset goes in)."""
+    from vlmrl.locks import check_writable_dir
+
+    check_dataset_id(dataset_id)
+    target = dataset_dir(dataset_id)
+    if target.exists():
+        raise UserError(f"dataset {dataset_id!r} already exists at {target}; datasets are immutable, pick a new --out")
+    check_writable_dir(datasets_root(), f"dataset {dataset_id!r} (staging folder)")
+    check_writable_dir(target, f"dataset {dataset_id!r}")
+    return target
 
 
 def frame_file(dataset_root: Path, episode: int) -> Path:
@@ -141,7 +158,11 @@ class OfflineDataset:
             return values[-episode.num_transitions :]
         source = self.metadata.get(METADATA_KEY, {}).get("source_dataset")
         if source:
-            parent = open_dataset(source)
+            try:
+                parent = open_dataset(source)
+            except UserError as error:
+                raise UserError(f"dataset {self.name!r}, episode {episode.index}: its true rewards are those of the "
+                                f"dataset it was relabelled from, {source!r}, which cannot be read: {error}") from error
             return parent.true_rewards(parent.episode(episode.index))
         return np.asarray(episode.rewards, dtype=np.float32)
 
@@ -158,22 +179,26 @@ class MinariOfflineDataset(OfflineDataset):
                 f"dataset {dataset_id!r} not found under {datasets_root()} "
                 f"(set MINARI_DATASETS_PATH to change the root; nothing is downloaded).{hint}"
             )
-        from minari.dataset.minari_storage import MinariStorage
-
         self.name = dataset_id
         self.root = dataset_dir(dataset_id)
-        self.storage = MinariStorage.read(self.root / "data")
-        self.metadata = MinariStorage.read_raw_metadata(self.root / "data")
+        self.metadata = _read_minari_metadata(dataset_id, self.root / "data" / METADATA_FILE)
+        self.storage = _open_minari_storage(dataset_id, self.root / "data")
         self.observation_space = self.storage.observation_space
         self.action_space = self.storage.action_space
+        if self.metadata.get("data_format", "hdf5") == "hdf5":
+            _check_hdf5_episodes(dataset_id, self.root / "data" / HDF5_FILE, self.num_episodes)
 
     @property
     def num_episodes(self) -> int:
         return int(self.metadata["total_episodes"])
 
     def episode(self, index: int) -> EpisodeData:
-        (raw,) = list(self.storage.get_episodes([index]))
-        (meta,) = list(self.storage.get_episode_metadata([index]))
+        try:
+            (raw,) = list(self.storage.get_episodes([index]))
+            (meta,) = list(self.storage.get_episode_metadata([index]))
+        except (OSError, KeyError, ValueError) as error:  # h5py: corrupt chunks, a missing field
+            raise UserError(f"dataset {self.name!r}, episode {index}: cannot read it from "
+                            f"{self.root / 'data'}: {_first_line(error)}") from error
         return EpisodeData(
             index=index,
             observations=raw["observations"],
@@ -201,8 +226,9 @@ class MinariOfflineDataset(OfflineDataset):
                 )
             try:
                 return np.load(path, mmap_mode="r")
-            except ValueError as error:
-                raise UserError(f"dataset {self.name!r}, episode {index}, field 'frames': {error}") from error
+            except (ValueError, OSError) as error:  # truncated or not an .npy file
+                raise UserError(f"dataset {self.name!r}, episode {index}, field 'frames': {path} is unreadable "
+                                f"({_first_line(error)})") from error
         return _H5Frames(self, index, frames_key)
 
 
@@ -233,8 +259,12 @@ class _H5Frames:
                 f"{where}: no frames: observations are {space}, not uint8 [H, W, 3] images; "
                 "record frames with `vlmrl collect` or name an image key with --frames-key"
             )
-        with h5py.File(self._file, "r") as file:
-            self._length = len(file[self._path])
+        self._where = where
+        try:
+            with h5py.File(self._file, "r") as file:
+                self._length = len(file[self._path])
+        except (OSError, KeyError) as error:
+            raise UserError(f"{where}: cannot read {self._path} from {self._file}: {_first_line(error)}") from error
         self.shape = (self._length, *space.shape)
         self.dtype = np.dtype(space.dtype)
 
@@ -245,11 +275,16 @@ class _H5Frames:
         import h5py
         from PIL import Image
 
-        with h5py.File(self._file, "r") as file:
-            data = file[self._path][item]
-        if not self._jpeg:
-            return np.asarray(data)
-        return np.stack([np.asarray(Image.open(io.BytesIO(bytes(b))), dtype=np.uint8) for b in data])
+        try:
+            with h5py.File(self._file, "r") as file:
+                data = file[self._path][item]
+            if not self._jpeg:
+                return np.asarray(data)
+            # PIL raises UnidentifiedImageError (an OSError) for bytes that are no image.
+            return np.stack([np.asarray(Image.open(io.BytesIO(bytes(b))), dtype=np.uint8) for b in data])
+        except (OSError, KeyError) as error:
+            raise UserError(f"{self._where}: cannot read frames {item} from {self._file}: "
+                            f"{_first_line(error)}") from error
 
 
 class NpzOfflineDataset(OfflineDataset):
@@ -270,6 +305,8 @@ class NpzOfflineDataset(OfflineDataset):
             raise UserError(f"{self.path}: missing array {missing[0]!r}; needed: {', '.join(self.REQUIRED)}")
         rewards = np.asarray(self._arrays["rewards"]).reshape(-1)
         n = len(rewards)
+        if n == 0:
+            raise UserError(f"{self.path}: field 'rewards' has 0 rows: the dataset holds no transitions")
         for key in ("observations", "actions", "terminals", "timeouts", "frames"):
             if key in self._arrays.keys and len(self._arrays[key]) != n:
                 raise UserError(f"{self.path}: field {key!r} has {len(self._arrays[key])} rows, rewards has {n}")
@@ -336,13 +373,16 @@ class _NpzArrays:
                 self._members = {
                     info.filename[: -len(".npy")]: info for info in archive.infolist() if info.filename.endswith(".npy")
                 }
-        except zipfile.BadZipFile as error:
-            raise UserError(f"{path} is not an .npz file: {error}") from error
+        except (zipfile.BadZipFile, OSError) as error:
+            raise UserError(f"{path} is not a readable .npz file: {_first_line(error)}") from error
         self.keys = set(self._members)
 
     def __getitem__(self, key: str) -> np.ndarray:
         if key not in self._cache:
-            self._cache[key] = self._open(key)
+            try:
+                self._cache[key] = self._open(key)
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:  # truncated / not .npy
+                raise UserError(f"{self._path}, field {key!r}: unreadable ({_first_line(error)})") from error
         return self._cache[key]
 
     def _open(self, key: str) -> np.ndarray:
@@ -371,19 +411,36 @@ def open_dataset(name: str | Path) -> OfflineDataset:
     return MinariOfflineDataset(str(name))
 
 
-def validate_dataset(dataset: OfflineDataset, frames_key: str | None, need_frames: bool = True) -> tuple[int, int, int]:
+def validate_dataset(dataset: OfflineDataset, frames_key: str | None, need_frames: bool = True,
+                     min_steps: int = 1) -> tuple[int, int, int]:
     """Check every episode before anything is written; return the frame shape ``(H, W, 3)``.
 
+    Args:
+        min_steps: fewest transitions an episode may have. 1 (the default) refuses episodes of
+            0 steps: they hold no transition to reward and Minari cannot store one. 0 accepts
+            them (offline training skips them); the dataset must still hold one transition.
+
     Raises:
-        UserError: naming the episode and field, for missing frames, frames that are not uint8
-            ``[F, H, W, 3]``, a frame count that differs from the observation count, frame sizes
-            that differ between episodes, and NaN/inf in observations, actions or rewards.
+        UserError: naming the episode and field, for an empty dataset, too short episodes,
+            missing frames, frames that are not uint8 ``[F, H, W, 3]``, a frame count that
+            differs from the observation count, frame sizes that differ between episodes,
+            unreadable episodes, and NaN/inf in observations, actions or rewards.
     """
+    if dataset.num_episodes == 0:
+        raise UserError(f"dataset {dataset.name!r} has no episodes")
     frame_shape: tuple[int, int, int] | None = None
+    total_steps = 0
     for episode in dataset.episodes():
         where = f"dataset {dataset.name!r}, episode {episode.index}"
         n_obs = _num_rows(episode.observations)
         n_steps = episode.num_transitions
+        total_steps += n_steps
+        if n_steps < min_steps:
+            raise UserError(
+                f"{where}: {n_steps} steps (only the reset observation); an episode needs at least "
+                f"{min_steps} step here (it has no transition to reward, and Minari cannot store an empty "
+                "episode): remove the episode from the dataset"
+            )
         if n_obs not in (n_steps, n_steps + 1):
             raise UserError(f"{where}, field 'observations': {n_obs} rows for {n_steps} transitions")
         for field_name, values in (
@@ -415,8 +472,8 @@ def validate_dataset(dataset: OfflineDataset, frames_key: str | None, need_frame
             frame_shape = shape[1:]  # type: ignore[assignment]
         elif shape[1:] != frame_shape:
             raise UserError(f"{where}, field {field_name!r}: frame size {list(shape[1:])} differs from {list(frame_shape)}")
-    if dataset.num_episodes == 0:
-        raise UserError(f"dataset {dataset.name!r} has no episodes")
+    if total_steps == 0:
+        raise UserError(f"dataset {dataset.name!r}: its {dataset.num_episodes} episode(s) hold no transition (0 steps each)")
     return frame_shape or (0, 0, 3)
 
 
@@ -483,14 +540,22 @@ def to_mdp_dataset(
 ) -> Any:
     """Export to a d3rlpy ``MDPDataset`` (float32, one episode end flagged per episode).
 
+    Every transition is kept, one-step episodes included: d3rlpy drops the last step of an
+    episode that ends by timeout (it has no next observation), so where the dataset stores the
+    final observation (Minari) it is appended as a padding row whose action and reward are never
+    used. Episodes of 0 steps are skipped.
+
     Args:
         rewards: ``"dataset"`` (the stored, possibly relabelled, rewards) or ``"true"``
             (ground-truth rewards, see :meth:`OfflineDataset.true_rewards`).
         observation_key: key of a dict observation to use as the state.
+
+    Raises:
+        UserError: the dataset holds no transition d3rlpy can use.
     """
     import d3rlpy
 
-    observations, actions, reward_rows, terminals, timeouts = [], [], [], [], []
+    columns: list[tuple[np.ndarray, ...]] = []
     for episode in dataset.episodes():
         obs = episode.observations
         if isinstance(obs, dict):
@@ -499,24 +564,37 @@ def to_mdp_dataset(
                     f"dataset {dataset.name!r}: observations are a dict ({sorted(obs)}); name one key as observation_key"
                 )
             obs = obs[observation_key]
-        n = episode.num_transitions
-        observations.append(np.asarray(obs[:n], dtype=np.float32).reshape(n, -1))
-        actions.append(np.asarray(episode.actions, dtype=np.float32).reshape(n, -1))
+        if episode.num_transitions == 0:
+            continue  # only a reset observation: no transition to learn from
         values = episode.rewards if rewards == "dataset" else dataset.true_rewards(episode)
-        reward_rows.append(np.asarray(values, dtype=np.float32).reshape(n))
-        terminal = np.asarray(episode.terminations, dtype=np.float32)
-        timeout = np.asarray(episode.truncations, dtype=np.float32)
-        if terminal[-1] == 0:
-            timeout[-1] = 1.0
-        terminals.append(terminal)
-        timeouts.append(timeout)
-    return d3rlpy.dataset.MDPDataset(
-        observations=np.concatenate(observations),
-        actions=np.concatenate(actions),
-        rewards=np.concatenate(reward_rows)[:, None],
-        terminals=np.concatenate(terminals),
-        timeouts=np.concatenate(timeouts),
-    )
+        columns.append(_mdp_rows(episode, np.asarray(obs), values))
+    usable = sum(len(rows[0]) - (0 if rows[3][-1] else 1) for rows in columns)  # d3rlpy's transition count
+    if usable == 0:
+        raise UserError(f"dataset {dataset.name!r} holds no transition to train on: every episode has 0 steps, or "
+                        "1 step ending by timeout without its final observation (.npz files store none)")
+    observations, actions, reward_rows, terminals, timeouts = (np.concatenate(c) for c in zip(*columns))
+    return d3rlpy.dataset.MDPDataset(observations=observations, actions=actions, rewards=reward_rows[:, None],
+                                     terminals=terminals, timeouts=timeouts)
+
+
+def _mdp_rows(episode: EpisodeData, observations: np.ndarray, rewards: Any) -> tuple[np.ndarray, ...]:
+    """d3rlpy rows of one episode of ``n >= 1`` steps: observations, actions, rewards, terminals,
+    timeouts (float32), with the final observation as a padding row after a timeout when known."""
+    n = episode.num_transitions
+    obs = observations.astype(np.float32).reshape(len(observations), -1)
+    actions = np.asarray(episode.actions, dtype=np.float32).reshape(n, -1)
+    rewards = np.asarray(rewards, dtype=np.float32).reshape(n)
+    terminated = bool(np.asarray(episode.terminations)[-1])
+    if not terminated and len(obs) >= n + 1:
+        obs = obs[: n + 1]
+        actions = np.concatenate([actions, actions[-1:]])
+        rewards = np.concatenate([rewards, np.zeros(1, np.float32)])
+    else:
+        obs = obs[:n]
+    terminals, timeouts = np.zeros(len(obs), np.float32), np.zeros(len(obs), np.float32)
+    # One end flag per episode; d3rlpy refuses a row flagged both ways, so a termination wins.
+    (terminals if terminated else timeouts)[-1] = 1.0
+    return obs, actions, rewards, terminals, timeouts
 
 
 class MinariWriter:
@@ -537,8 +615,12 @@ class MinariWriter:
         self.staging = staging or datasets_root() / f".staging-{dataset_id.replace('/', '__')}"
         if self.staging.exists():
             _remove_tree(self.staging)
-        (self.staging / "data").mkdir(parents=True)
-        (self.staging / FRAMES_DIR).mkdir()
+        try:
+            (self.staging / "data").mkdir(parents=True)
+            (self.staging / FRAMES_DIR).mkdir()
+        except OSError as error:
+            raise UserError(f"dataset {dataset_id!r}: cannot create the staging folder {self.staging} "
+                            f"({error.strerror})") from error
         # jpeg_encoding=False: image observations are copied losslessly.
         self.storage = MinariStorage.new(
             self.staging / "data", observation_space=observation_space, action_space=action_space,
@@ -552,6 +634,9 @@ class MinariWriter:
         """Append an episode; ``frames`` (uint8 [T+1, H, W, 3]) are saved, or ``frames_from`` linked."""
         from minari.data_collector.episode_buffer import EpisodeBuffer
 
+        if episode.num_transitions == 0:
+            raise UserError(f"dataset {self.dataset_id!r}, episode {episode.index}: 0 steps; Minari cannot store an "
+                            "empty episode (at least 1 step needed)")
         values = episode.rewards if rewards is None else rewards
         buffer = EpisodeBuffer(
             id=self._episodes,
@@ -596,8 +681,11 @@ class MinariWriter:
         if namespace is not None and namespace not in list_local_namespaces():
             create_namespace(namespace)
         target = dataset_dir(self.dataset_id)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(self.staging, target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(self.staging, target)
+        except OSError as error:  # a folder made read-only, a full disk, or the id taken meanwhile
+            raise UserError(f"dataset {self.dataset_id!r}: cannot publish it to {target} ({error.strerror})") from error
         return target
 
     def discard(self) -> None:
@@ -663,3 +751,62 @@ def _leaves(values: Any) -> Iterator[np.ndarray]:
             yield from _leaves(value)
     else:
         yield np.asarray(values)
+
+
+def _first_line(error: BaseException) -> str:
+    """An exception's message, first line only (h5py and numpy add multi-line detail)."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+def _read_minari_metadata(dataset_id: str, path: Path) -> dict[str, Any]:
+    """Minari's ``metadata.json`` as a dict, or a :class:`UserError` naming the file and the field."""
+    where = f"dataset {dataset_id!r}, file {path}"
+    try:
+        metadata = json.loads(path.read_text())
+    except OSError as error:
+        raise UserError(f"{where}: cannot read it ({error.strerror})") from error
+    except UnicodeDecodeError as error:
+        raise UserError(f"{where}: not a JSON text file ({error.reason} at byte {error.start})") from error
+    except json.JSONDecodeError as error:
+        raise UserError(f"{where}: corrupt JSON at line {error.lineno}, column {error.colno}: {error.msg}") from error
+    if not isinstance(metadata, dict):
+        raise UserError(f"{where}: expected a JSON object, got {type(metadata).__name__}")
+    total = metadata.get("total_episodes")
+    if not isinstance(total, int) or isinstance(total, bool) or total < 0:
+        raise UserError(f"{where}, field 'total_episodes': expected a count >= 0, got {total!r}")
+    return metadata
+
+
+def _open_minari_storage(dataset_id: str, data_path: Path) -> Any:
+    """``MinariStorage.read``, its errors on bad metadata turned into one :class:`UserError`."""
+    import gymnasium as gym
+    from minari.dataset.minari_storage import MinariStorage
+
+    try:
+        return MinariStorage.read(data_path)
+    # Minari asserts field types, and deserialising spaces / the env spec raises these.
+    except (KeyError, ValueError, TypeError, AssertionError, gym.error.Error) as error:
+        field = f", field {error.args[0]!r}" if isinstance(error, KeyError) and error.args else ""
+        raise UserError(f"dataset {dataset_id!r}, file {data_path / METADATA_FILE}{field}: cannot read the "
+                        f"observation/action spaces or env spec ({type(error).__name__}: {_first_line(error)})") from error
+
+
+def _check_hdf5_episodes(dataset_id: str, path: Path, total_episodes: int) -> None:
+    """Open Minari's HDF5 file once, now, so a truncated or corrupt file is reported here, by
+    name, and check it holds the ``total_episodes`` episodes its metadata promises."""
+    import h5py
+
+    where = f"dataset {dataset_id!r}, file {path}"
+    if not path.is_file():
+        raise UserError(f"{where}: missing")
+    try:
+        with h5py.File(path, "r") as file:
+            missing = [i for i in range(total_episodes) if f"episode_{i}" not in file]
+    except BlockingIOError as error:  # HDF5 file locking: another process has it open for writing
+        raise UserError(f"{where}: locked by another process writing it ({_first_line(error)})") from error
+    except OSError as error:
+        raise UserError(f"{where}: not a readable HDF5 file, truncated or corrupt ({_first_line(error)})") from error
+    if missing:
+        raise UserError(f"{where}: metadata.json says {total_episodes} episodes but episode {missing[0]} is missing "
+                        f"({len(missing)} missing)")

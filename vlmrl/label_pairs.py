@@ -1,9 +1,16 @@
 """`vlmrl label-pairs STORE`: inspect a preference label store.
 
-Prints the number of rows per status and, where the true rewards of the frames were stored
-(`compare(..., true_rewards=...)`) or are given with `--oracle-rewards`, the agreement of the
-VLM's labels with the scripted teacher: the fraction of answered pairs whose label matches
-`sign(r_first - r_second)` (pairs with equal rewards are left out and counted as ties).
+Prints the number of rows per status, the parse rate (answers read as 0, 1 or -1 among all
+answers; failed queries brought none), the share of each answer kind and, where the true rewards
+of the frames were stored (`compare(..., true_rewards=...)`) or are given with
+`--oracle-rewards`, the agreement of the VLM's labels with the scripted teacher: the fraction of
+answered pairs whose label matches `sign(r_first - r_second)` (pairs with equal rewards are left
+out and counted as ties), overall and per confidence bucket of max(p_first, p_second) for
+answers read from token probabilities (`answer_mode: logprobs`).
+
+`--reparse` reads every stored answer again with the current parser and updates the labels
+that change, without asking the VLM (one transaction: all or nothing). Failed queries have no
+answer to read, and labels read from token probabilities are kept.
 Optionally exports every row (CSV or JSON lines) and draws a PNG grid of example pairs.
 """
 
@@ -13,8 +20,10 @@ import argparse
 import csv
 import json
 import math
+import os
 import sqlite3
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 EXPORT_FIELDS = (
@@ -33,6 +42,8 @@ EXPORT_FIELDS = (
     "config_json",
     "created_at",
     "updated_at",
+    "p_first",
+    "p_second",
 )
 
 
@@ -56,6 +67,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--oracle-rewards",
         type=Path,
         help="JSON object {frame_sha256: true_reward} for stores filled without true rewards",
+    )
+    parser.add_argument(
+        "--reparse",
+        action="store_true",
+        help="read every stored answer again with the current parser and update the labels that change "
+        "(no VLM request)",
     )
     parser.set_defaults(func=run)
 
@@ -89,6 +106,73 @@ def oracle_agreement(rows, oracle: dict[str, float] | None = None) -> Agreement:
         compared += 1
         agreeing += int(row.label == (1.0 if r1 > r2 else 0.0))
     return Agreement(compared, agreeing, ties)
+
+
+@dataclass
+class Reparse:
+    """What ``--reparse`` did: ``parsed`` answers read again, ``changes[(old kind, new kind)]``
+    rows per change of answer kind (``image 1``, ``image 2``, ``unsure``, ``unparseable``)."""
+
+    parsed: int = 0
+    changes: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    @property
+    def changed(self) -> int:
+        return sum(self.changes.values())
+
+    def describe(self) -> str:
+        text = f"re-parsed {self.parsed} answers: {self.changed} changed"
+        if self.changes:
+            moves = ", ".join(f"{old} -> {new}: {count}" for (old, new), count in sorted(self.changes.items()))
+            text += f" ({moves})"
+        return text
+
+
+def reparse_store(store) -> Reparse:
+    """Read every final row's raw answer again with ``prompts.parse_answer`` and commit the
+    status and label changes in one transaction. Rows whose label came from token
+    probabilities (``p_first`` set) are left alone, as are failed rows (no answer)."""
+    from vlmrl.label_store import LabelRow
+    from vlmrl.reward_labelers.preference import outcome_from_answer
+
+    result = Reparse()
+
+    def decide(row: LabelRow):
+        if row.p_first is not None or row.p_second is not None:
+            return None
+        result.parsed += 1
+        outcome = outcome_from_answer(row.answer, row.analysis, 0)
+        if outcome.status == row.status:
+            # Keep the stored error of an unchanged row (e.g. "empty analysis").
+            return outcome.status, outcome.label, row.error
+        return outcome.status, outcome.label, outcome.error
+
+    for row, status, label in store.rewrite_labels(decide):
+        new_kind = ("image 1" if label == 1.0 else "image 2") if status == "answered" else status
+        result.changes[(row.answer_kind, new_kind)] += 1
+    return result
+
+
+def print_summary(summary, total: int) -> None:
+    """The parse rate, the answer kinds and the agreement per confidence bucket."""
+    if summary.answers:
+        print(f"parse rate: {summary.parse_rate:.3f} ({summary.parsed}/{summary.answers} answers read as 0, 1 or -1; "
+              f"{summary.counts['failed']} failed queries brought no answer)")
+    else:
+        print("parse rate: n/a (no answers)")
+    labels = {"image 1": "image 1 (0)", "image 2": "image 2 (1)", "unsure": "unsure (-1)"}
+    kinds = ", ".join(
+        f"{labels.get(kind, kind)} {count}" + (f" ({100 * count / total:.1f}%)" if total else "")
+        for kind, count in summary.kinds.items()
+    )
+    print(f"answer kinds: {kinds}")
+    if not summary.with_probabilities:
+        print("agreement by confidence: n/a (no answer has token probabilities; answer_mode: logprobs stores them)")
+        return
+    print("agreement by confidence max(p_first, p_second):")
+    for bucket in summary.buckets:
+        agreement = f"{bucket.fraction:.3f} ({bucket.agreeing}/{bucket.compared})" if bucket.compared else "n/a"
+        print(f"  {bucket.name:<17} {agreement:<18} {bucket.answered} answered")
 
 
 def export_rows(rows, path: Path) -> int:
@@ -156,26 +240,62 @@ def draw_grid(rows, path: Path, n: int) -> int:
     return len(pairs)
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_store_file(path: Path) -> None:
+    """A label store to inspect: an existing, non-empty SQLite file (UserError saying what it is otherwise)."""
+    from vlmrl.errors import UserError
+
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give the label store file (e.g. RUN_DIR/labels.sqlite)")
+    if not path.exists():
+        raise UserError(f"no label store at {path} (no such file)")
+    try:
+        with path.open("rb") as file:
+            header = file.read(len(SQLITE_HEADER))
+    except OSError as error:
+        raise UserError(f"cannot read the label store {path}: {error.strerror}") from None
+    if not header:
+        raise UserError(f"{path} is empty, not a label store (a labeler creates one with its first answer)")
+    if header != SQLITE_HEADER:
+        raise UserError(f"{path} is not a vlmrl label store: not a SQLite file (it starts with {header[:16]!r})")
+
+
 def run(args: argparse.Namespace) -> int:
     from vlmrl.errors import UserError
     from vlmrl.label_store import STATUSES, LabelStore
+    from vlmrl.locks import check_writable_dir
 
-    if not args.store.is_file():
-        raise UserError(f"no label store at {args.store}")
+    check_store_file(args.store)
     if args.n < 1:
         raise UserError("--n must be >= 1")
+    for option, path in (("--export", args.export), ("--grid", args.grid)):
+        if path is not None:  # checked before any work: a bad output path costs nothing
+            check_writable_dir(path.parent, f"{option} {path.name}")
     oracle = None
     if args.oracle_rewards is not None:
+        if not args.oracle_rewards.is_file():
+            raise UserError(f"--oracle-rewards: no such file {args.oracle_rewards}")
         try:
             oracle = {str(k): float(v) for k, v in json.loads(args.oracle_rewards.read_text()).items()}
         except (OSError, ValueError, AttributeError) as error:
-            raise UserError(f"--oracle-rewards must be a JSON object {{frame_sha256: reward}}: {error}") from None
+            raise UserError(f"--oracle-rewards {args.oracle_rewards} must be a JSON object "
+                            f"{{frame_sha256: reward}}: {error}") from None
+    if args.reparse:
+        if not os.access(args.store, os.W_OK):
+            raise UserError(f"--reparse rewrites labels, but {args.store} is not writable")
+        check_writable_dir(args.store.parent, "--reparse's SQLite journal")
     try:
-        store = LabelStore(args.store)
+        # Inspecting never writes: only --reparse (and a store of an older schema) opens for writing.
+        store = LabelStore(args.store, read_only=not args.reparse)
         counts = store.counts()
     except (sqlite3.DatabaseError, ValueError) as error:
         raise UserError(f"{args.store} is not a vlmrl label store: {error}") from None
     with store:
+        if args.reparse:
+            print(reparse_store(store).describe())
+            counts = store.counts()
         total = sum(counts.values())
         print(f"{args.store}: {total} pairs")
         for status in STATUSES:
@@ -189,6 +309,7 @@ def run(args: argparse.Namespace) -> int:
             )
         else:
             print("oracle agreement: n/a (no answered pair with known true rewards)")
+        print_summary(store.summary(oracle), total)
         if args.export is not None:
             written = export_rows(store.iter_rows(args.status), args.export)
             print(f"exported {written} rows to {args.export}")

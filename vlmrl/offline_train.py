@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from vlmrl.config import OFFLINE_METHODS, load_offline_config
-from vlmrl.errors import ConfigError
+from vlmrl.errors import ConfigError, UserError
 
 METHODS = OFFLINE_METHODS
 
@@ -49,8 +49,7 @@ def run_offline_training(
     """
     import gymnasium as gym
 
-    from vlmrl.agents.iql import evaluate_policy, train_offline
-    from vlmrl.datasets import open_dataset, to_mdp_dataset
+    from vlmrl.datasets import open_dataset, validate_dataset
 
     config = load_offline_config(config_path, overrides)
     _quiet_d3rlpy_logging()
@@ -59,19 +58,44 @@ def run_offline_training(
         if method not in METHODS:
             raise ConfigError(f"--baselines: unknown method {method!r}; choose from bc, iql-gt")
     seeds = list(config.run.seeds if seeds is None else seeds)
-    run_dir = Path(config.run.root) / (config.run.name or f"{config.task}_offline_iql")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(_plain(config), indent=2, sort_keys=True))
 
+    # Everything is checked before the run directory is touched, so bad input leaves nothing.
     dataset = open_dataset(config.dataset.id)
+    # Episodes of 0 steps hold no transition: skipped by to_mdp_dataset, not refused.
+    validate_dataset(dataset, None, need_frames=False, min_steps=0)
     env_id = config.eval.env_id or dataset.metadata.get("vlmrl", {}).get("task") or _spec_id(dataset)
     if not env_id:
         raise ConfigError(f"{config_path}: eval.env_id is needed (the dataset does not name its env)")
+    run_dir = Path(config.run.root) / (config.run.name or f"{config.task}_offline_iql")
 
     def make_env() -> Any:
         import vlmrl.envs  # noqa: F401  (registers vlmrl/* ids)
 
         return gym.make(env_id, **dict(config.eval.env_kwargs))
+
+    _check_eval_env(make_env, env_id, config_path)
+    with _claim_run_dir(run_dir, config_path):
+        (run_dir / "config.json").write_text(json.dumps(_plain(config), indent=2, sort_keys=True))
+        results, success = _train_methods(config, dataset, run_dir, methods, seeds, make_env, show_progress)
+        write_summary(run_dir, results, seeds, success)
+    return run_dir
+
+
+def _check_eval_env(make_env: Any, env_id: str, config_path: str) -> None:
+    """Build the evaluation env once now: an unknown env id fails before training, not after."""
+    import gymnasium as gym
+
+    try:
+        make_env().close()
+    except gym.error.Error as error:
+        raise ConfigError(f"{config_path}: eval.env_id {env_id!r} cannot be made: {error}") from error
+
+
+def _train_methods(config: Any, dataset: Any, run_dir: Path, methods: list[str], seeds: list[int], make_env: Any,
+                   show_progress: bool) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Train and evaluate every method for every seed; finished ``result.json`` files are reused."""
+    from vlmrl.agents.iql import evaluate_policy, train_offline
+    from vlmrl.datasets import to_mdp_dataset
 
     mdp = {}
     agent = config.agent
@@ -79,6 +103,7 @@ def run_offline_training(
                       max_weight=agent.max_weight, actor_learning_rate=agent.actor_learning_rate,
                       critic_learning_rate=agent.critic_learning_rate)
     results: dict[str, list[float]] = {}
+    success: dict[str, list[float]] = {}  # methods whose eval env reports info["success"]
     for method in methods:
         rewards = "true" if method == "iql-gt" else "dataset"
         if rewards not in mdp:
@@ -97,38 +122,67 @@ def run_offline_training(
                     hyperparams={"learning_rate": agent.bc_learning_rate} if method == "bc" else iql_params,
                     show_progress=show_progress,
                 )
-                returns = evaluate_policy(algo, make_env, config.eval.episodes, seed=seed)
+                returns, successes = evaluate_policy(algo, make_env, config.eval.episodes, seed=seed)
                 result = {"method": method, "seed": seed, "returns": returns.tolist(),
                           "mean_return": float(returns.mean()), "std_return": float(returns.std())}
+                if successes is not None:
+                    result["success_rate"] = float(successes.mean())
                 result_file.write_text(json.dumps(result, indent=2))
             results[method].append(result["mean_return"])
-    write_summary(run_dir, results, seeds)
-    return run_dir
+            if "success_rate" in result:
+                success.setdefault(method, []).append(result["success_rate"])
+    return results, success
 
 
-def summary_table(results: dict[str, list[float]]) -> str:
-    """One row per method: mean +- std over seeds of each seed's mean true return."""
-    lines = [f"{'method':<10} {'true return (mean +- std over seeds)':>38} {'seeds':>6}"]
+def _claim_run_dir(run_dir: Path, config_path: str) -> Any:
+    """Create ``run_dir`` (checked writable first) and lock it: a second ``vlmrl train`` of the
+    same offline run stops at once instead of writing the same checkpoints."""
+    from vlmrl.locks import check_writable_dir
+    from vlmrl.runs import run_dir_lock
+
+    check_writable_dir(run_dir, "the offline run directory")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the run directory {run_dir} ({error.strerror})") from error
+    return run_dir_lock(run_dir, resume_command=f"vlmrl train {config_path}")
+
+
+def summary_table(results: dict[str, list[float]], success: dict[str, list[float]] | None = None) -> str:
+    """One row per method: mean +- std over seeds of each seed's mean true return, and of its
+    success rate where the env reports success (Meta-World)."""
+    success = success or {}
+    header = f"{'method':<10} {'true return (mean +- std over seeds)':>38} {'seeds':>6}"
+    lines = [header + (f" {'success rate':>20}" if success else "")]
     for method, values in results.items():
         values_arr = np.asarray(values)
-        lines.append(f"{method:<10} {values_arr.mean():>24.2f} +- {values_arr.std():<10.2f} {len(values):>6}")
+        line = f"{method:<10} {values_arr.mean():>24.2f} +- {values_arr.std():<10.2f} {len(values):>6}"
+        if method in success:
+            rates = np.asarray(success[method])
+            line += f" {rates.mean():>12.2f} +- {rates.std():.2f}"
+        lines.append(line)
     return "\n".join(lines)
 
 
-def write_summary(run_dir: Path, results: dict[str, list[float]], seeds: list[int]) -> None:
-    """Print the table; write ``results.csv`` (one row per method and seed) and ``results.png``."""
+def write_summary(run_dir: Path, results: dict[str, list[float]], seeds: list[int],
+                  success: dict[str, list[float]] | None = None) -> None:
+    """Print the table; write ``results.csv`` (one row per method and seed, with a
+    ``success_rate`` column where the env reports success) and ``results.png``."""
+    success = success or {}
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    print(summary_table(results))
+    print(summary_table(results, success))
     with open(run_dir / "results.csv", "w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["method", "seed", "mean_true_return"])
+        writer.writerow(["method", "seed", "mean_true_return"] + (["success_rate"] if success else []))
         for method, values in results.items():
-            for seed, value in zip(seeds, values):
-                writer.writerow([method, seed, f"{value:.6f}"])
+            rates = success.get(method, [None] * len(values))
+            for seed, value, rate in zip(seeds, values, rates):
+                writer.writerow([method, seed, f"{value:.6f}"] + ([] if not success else [
+                    "" if rate is None else f"{rate:.6f}"]))
     names = list(results)
     means = [float(np.mean(results[m])) for m in names]
     stds = [float(np.std(results[m])) for m in names]

@@ -31,7 +31,14 @@ Resuming: work happens in ``<root>/.relabel-<id>/`` beside the output: chunk rew
 checkpointed there (``chunks/chunk_<k>.npy``, each written atomically), the fitted reward model
 too, and labels live in the label store. A killed relabel started again with the same arguments
 continues where it stopped and produces a byte-identical dataset; the output directory appears
-only at the end, by an atomic rename.
+only at the end, by an atomic rename. A relabel stopped by an error or Ctrl-C keeps that folder
+and says how to resume or discard it; one that fails on bad input leaves nothing behind.
+
+Checked before the first frame is labelled: the output id is new and its location writable,
+the dataset is readable (a truncated HDF5 file or a corrupt metadata.json is named) with
+episodes of at least one step, and the labeler's weights load. One writer per output: the work
+folder holds a lock file (pid, host, start time); a second relabel of the same ``--out`` stops
+at once naming the first one's pid, and a lock left by a killed relabel is taken over.
 
 On Ray (``pip install 'vlmrl[ray]'``): add ``--engine ray --workers N`` (``--gpus-per-worker 1``
 for one GPU per labeler actor, ``--address auto`` to join a ``ray start`` cluster). Same chunks,
@@ -41,11 +48,13 @@ same output; this process stays the only writer (chunk files, label store, datas
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
+import sys
 import time
-import dataclasses
+from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -62,6 +71,8 @@ from vlmrl.relabel_core import (
     FrameIndex,
     LabelerSpec,
     build_frame_index,
+    build_labeler_state,
+    check_labeler_loads,
     label_chunks_locally,
     plan_chunks,
     reopenable_source,
@@ -87,20 +98,61 @@ class RelabelTimings:
 
 # -- the dataset-level driver --------------------------------------------------------------------
 
+WORK_PROGRESS = ("chunks/chunk_*.npy", "reward_model.json", "labels.json")
+"""What a killed relabel leaves worth resuming from (anything else in a work folder is cheap)."""
+
 
 class WorkDir:
-    """Checkpoints of one relabel, beside the output: ``<root>/.relabel-<id with / as __>/``."""
+    """Checkpoints of one relabel, beside the output: ``<root>/.relabel-<id with / as __>/``.
 
-    def __init__(self, out_id: str, fingerprint: str) -> None:
+    It also holds the lock (``lock``) that makes this process the only writer of the output:
+    :meth:`claim` takes it before anything else is written; a second relabel of the same ``--out``
+    stops at once with the owner's pid, and a lock left by a killed relabel is taken over.
+    """
+
+    LOCK = "lock"
+    STAMP = "fingerprint.txt"
+
+    def __init__(self, out_id: str) -> None:
         from vlmrl.datasets import datasets_root
+        from vlmrl.locks import OutputLock
 
+        self.out_id = out_id
         self.path = datasets_root() / f".relabel-{out_id.replace('/', '__')}"
-        stamp = self.path / "fingerprint.txt"
-        if self.path.exists() and (not stamp.is_file() or stamp.read_text() != fingerprint):
-            shutil.rmtree(self.path)  # left by a different relabel under the same output id
-        (self.path / "chunks").mkdir(parents=True, exist_ok=True)
-        if not stamp.is_file():
-            _atomic_write_bytes(stamp, fingerprint.encode())
+        self.lock = OutputLock(self.path / self.LOCK, "relabel", out_id,
+                               hint="once it has stopped, the same command resumes its work")
+
+    def resume_hint(self) -> str:
+        return (f"the work done so far is kept in {self.path}: run the same command again to resume, "
+                f"or delete that folder to discard it")
+
+    def claim(self) -> None:
+        """Create the folder if needed and take the lock (a :class:`UserError` if another relabel holds it)."""
+        self.lock.acquire()
+        if self.lock.took_over:
+            print(f"vlmrl relabel: taking over {self.path} from relabel pid {self.lock.took_over.get('pid')}, "
+                  "which is no longer running", file=sys.stderr)
+
+    def prepare(self, fingerprint: str) -> int:
+        """Make the folder this relabel's: work of a different relabel under the same output id
+        is cleared. Returns the number of chunks already saved (resumed)."""
+        stamp = self.path / self.STAMP
+        foreign = stamp.read_text() != fingerprint if stamp.is_file() else self.has_progress()
+        if foreign:
+            print(f"vlmrl relabel: discarding {self.path}: it holds the work of a different relabel "
+                  "(another source or labeler config) to the same output", file=sys.stderr)
+            self._clear()
+        try:
+            (self.path / "chunks").mkdir(parents=True, exist_ok=True)
+            if not stamp.is_file():
+                _atomic_write_bytes(stamp, fingerprint.encode())
+        except OSError as error:
+            raise UserError(f"cannot write the relabel work folder {self.path} ({error.strerror})") from error
+        return len(list((self.path / "chunks").glob("chunk_*.npy")))
+
+    def has_progress(self) -> bool:
+        """Whether the folder holds labelling work that a rerun would resume from."""
+        return any(next(self.path.glob(pattern), None) is not None for pattern in WORK_PROGRESS)
 
     def chunk_path(self, index: int) -> Path:
         return self.path / "chunks" / f"chunk_{index:06d}.npy"
@@ -110,13 +162,36 @@ class WorkDir:
         return np.load(path) if path.is_file() else None
 
     def save_chunk(self, index: int, rewards: np.ndarray) -> None:
-        tmp = path = self.chunk_path(index)
+        path = self.chunk_path(index)
         tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-        np.save(tmp, rewards)
-        os.replace(tmp, path)
+        try:
+            np.save(tmp, rewards)
+            os.replace(tmp, path)
+        except OSError as error:  # a full disk, the folder made read-only mid-run
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"cannot save chunk {index} to {path} ({error.strerror})") from error
 
     def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Delete the work (the lock last, so no other relabel starts on a half-deleted folder)."""
+        self._clear()
+        self.release()
+
+    def release(self) -> None:
+        """Give up the lock; the folder goes too if nothing else is left in it."""
+        self.lock.release()
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass  # work kept for a resume, or another relabel's lock appeared meanwhile
+
+    def _clear(self) -> None:
+        for entry in self.path.iterdir() if self.path.is_dir() else ():
+            if entry.name.startswith(self.LOCK):
+                continue  # our lock (and a takeover guard) stay until release
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
 
 def relabel(source_id: str, config: RelabelConfig, out_id: str, show_progress: bool = True,
@@ -127,67 +202,126 @@ def relabel(source_id: str, config: RelabelConfig, out_id: str, show_progress: b
     ``engine``: ``local`` labels chunk after chunk in this process; ``ray`` labels them on a Ray
     cluster (``ray_options``: a :class:`vlmrl.relabel_ray.RayOptions`), with the same result.
     Either way this process is the only writer (chunk checkpoints, label store, dataset).
-    Validates everything first: bad input raises :class:`UserError` with nothing written.
+
+    Validates everything before the first frame is labelled (output id and location writable,
+    no other relabel writing it, dataset readable with episodes of >= 1 step, labeler weights
+    loadable): bad input raises :class:`UserError` and leaves nothing behind. A run that fails
+    or is stopped after labelling started keeps its work folder for a resume, and says so.
     ``timings``, when given, is filled in. Returns the published dataset directory.
     """
-    from tqdm import tqdm
-
-    from vlmrl.datasets import (
-        MinariOfflineDataset,
-        MinariWriter,
-        check_dataset_id,
-        dataset_dir,
-        datasets_root,
-        open_dataset,
-        validate_dataset,
-    )
+    from vlmrl.datasets import check_output_dataset
 
     started = time.perf_counter()
     timings = timings if timings is not None else RelabelTimings()
-    check_dataset_id(out_id)
-    if dataset_dir(out_id).exists():
+    check_output_dataset(out_id)
+    store = _label_store_path(config)
+    if store is not None:
+        from vlmrl.relabel_preferences import check_label_store
+
+        check_label_store(store)
+        if engine == "local":  # on Ray the actors ask, maybe from machines that see another network
+            config.labeler.preflight()  # one cheap request: a dead or refusing endpoint stops us in seconds
+    # A store (and its folder) this run creates goes again if the run fails before any label.
+    new_store = [path for path in (store.parent, store) if not path.exists()] if store is not None else []
+    work = WorkDir(out_id)
+    work.claim()
+    try:
+        target = _relabel_claimed(source_id, config, out_id, work, show_progress, engine, ray_options, timings)
+    except BaseException as error:
+        _after_failure(work, error, new_store)
+        raise
+    work.remove()
+    timings.total_s = time.perf_counter() - started
+    return target
+
+
+def _relabel_claimed(source_id: str, config: RelabelConfig, out_id: str, work: WorkDir, show_progress: bool,
+                     engine: str, ray_options: Any, timings: RelabelTimings) -> Path:
+    """:func:`relabel` once this process holds the output's work folder."""
+    from vlmrl.datasets import dataset_dir, open_dataset, validate_dataset
+
+    if dataset_dir(out_id).exists():  # published by another relabel while we started
         raise UserError(f"dataset {out_id!r} already exists at {dataset_dir(out_id)}; datasets are immutable, pick a new --out")
     dataset = open_dataset(source_id)
-    labeler = config.labeler
-    if labeler.family == "pair":
-        inputs = "observations" if config.preference.net.kind == "mlp" else "frames"
-        need_frames = labeler.needs_frames or inputs == "frames"
-    else:
-        inputs = labeler.inputs
-        need_frames = inputs == "frames"
+    inputs, need_frames = _labeler_inputs(config)
     validate_dataset(dataset, config.frames_key, need_frames=need_frames)
     index = build_frame_index(dataset, config.frames_key, config.reward_frame, need_frames, inputs == "observations")
-    label_chunks = label_chunks_locally
-    if engine == "ray":
-        from vlmrl.relabel_ray import connect, label_chunks_on_ray
-
-        ray_options = connect(ray_options)  # fail on a bad --address or too few CPUs before any work
-        label_chunks = partial(label_chunks_on_ray, options=ray_options)
+    label_chunks, ray_options = _chunk_engine(config, inputs, engine, ray_options)
 
     fingerprint = json.dumps({"core": CORE_VERSION, "source": str(source_id), "out": out_id,
                               "config": to_plain(config)}, sort_keys=True)
-    work = WorkDir(out_id, fingerprint)
+    resumed = work.prepare(fingerprint)
+    if resumed:
+        print(f"vlmrl relabel: resuming from {work.path} ({resumed} chunk(s) already labelled)", file=sys.stderr)
     label_info: dict[str, Any] = {}
-    if labeler.family == "pair":
+    if config.labeler.family == "pair":
         from vlmrl.relabel_preferences import fit_preference_model
 
         labels_started = time.perf_counter()
         spec, label_info = fit_preference_model(dataset, config, index, work.path, show_progress, engine, ray_options)
         timings.labels_s = time.perf_counter() - labels_started
-    elif labeler.kind == "reward_model":  # shipped by value: Ray workers need not see this path
+        label_chunks = _engine_for_spec(spec, engine, ray_options)
+    elif config.labeler.kind == "reward_model":
+        label_info = {"reward_model": config.labeler.path}
+
+    per_frame = _label_all_frames(label_chunks, dataset, config, index, work, out_id, show_progress, engine, timings)
+    publish_started = time.perf_counter()
+    target = _publish(dataset, source_id, config, label_info, index, per_frame, out_id, work)
+    timings.publish_s = time.perf_counter() - publish_started
+    return target
+
+
+def _labeler_inputs(config: RelabelConfig) -> tuple[str, bool]:
+    """What each labelled item is (``frames``, ``observations``, ``none``) and whether frames are read."""
+    labeler = config.labeler
+    if labeler.family == "pair":
+        inputs = "observations" if config.preference.net.kind == "mlp" else "frames"
+        return inputs, labeler.needs_frames or inputs == "frames"
+    return labeler.inputs, labeler.inputs == "frames"
+
+
+def _chunk_engine(config: RelabelConfig, inputs: str, engine: str, ray_options: Any) -> tuple[Any, Any]:
+    """The ``label_chunks`` function for a per-frame labeler, its weights loaded (or, on Ray,
+    looked up) now, before any work; for a pairwise labeler None (its reward model comes from the
+    fit). Also connects to Ray, failing on a bad ``--address`` or too few CPUs."""
+    if engine == "ray":
+        from vlmrl.relabel_ray import connect
+
+        ray_options = connect(ray_options)
+    labeler = config.labeler
+    if labeler.family == "pair":
+        return None, ray_options
+    if labeler.kind == "reward_model":  # shipped by value: Ray workers need not see this path
         spec = LabelerSpec.for_reward_model(labeler.path, inputs, labeler.device)
-        label_info = {"reward_model": labeler.path}
     else:
         spec = LabelerSpec(labeler, inputs, seed=config.seed)
+    return _engine_for_spec(spec, engine, ray_options, preflight=True), ray_options
 
-    # Per-frame rewards, chunk by chunk; finished chunks are loaded back, never recomputed.
+
+def _engine_for_spec(spec: LabelerSpec, engine: str, ray_options: Any, preflight: bool = False) -> Any:
+    """``label_chunks(plan, index)`` for ``spec``; with ``preflight`` its labeler is checked first."""
+    if engine == "ray":
+        from vlmrl.relabel_ray import label_chunks_on_ray
+
+        if preflight:
+            check_labeler_loads(spec)
+        return partial(label_chunks_on_ray, spec, options=ray_options)
+    return partial(label_chunks_locally, spec, state=build_labeler_state(spec))
+
+
+def _label_all_frames(label_chunks: Any, dataset: Any, config: RelabelConfig, index: FrameIndex, work: WorkDir,
+                      out_id: str, show_progress: bool, engine: str, timings: RelabelTimings) -> np.ndarray:
+    """Per-frame rewards, chunk by chunk; finished chunks are loaded back, never recomputed."""
+    from tqdm import tqdm
+
+    from vlmrl.datasets import datasets_root
+
     n_chunks, pending = plan_chunks(index.total, config.chunk_size, lambda k: work.chunk_path(k).is_file())
     plan = ChunkPlan(reopenable_source(dataset), str(datasets_root().resolve()), config.frames_key, tuple(index.counts), pending)
     bar = tqdm(total=index.total, desc=f"relabel {out_id}", unit="frame", disable=not show_progress,
                initial=index.total - sum(stop - first for _, first, stop in pending))
-    results = label_chunks(spec, plan, index)
     missing = {chunk for chunk, _, _ in pending}
-    for result in results:
+    for result in label_chunks(plan, index):
         if result.chunk not in missing:  # a retried worker's second answer: already saved
             timings.duplicates += 1
             continue
@@ -203,10 +337,16 @@ def relabel(source_id: str, config: RelabelConfig, out_id: str, show_progress: b
     if missing:
         raise RuntimeError(f"relabel engine {engine!r} returned no rewards for {len(missing)} chunk(s), e.g. "
                            f"{sorted(missing)[:5]}; run the same command again to finish them")
-    per_frame = np.concatenate([work.load_chunk(chunk) for chunk in range(n_chunks)]) if n_chunks else np.empty(0, np.float32)
+    if not n_chunks:
+        return np.empty(0, np.float32)
+    return np.concatenate([work.load_chunk(chunk) for chunk in range(n_chunks)])
 
-    # Publish: a new dataset written in the work dir, then renamed into place.
-    publish_started = time.perf_counter()
+
+def _publish(dataset: Any, source_id: str, config: RelabelConfig, label_info: dict[str, Any], index: FrameIndex,
+             per_frame: np.ndarray, out_id: str, work: WorkDir) -> Path:
+    """Write the new dataset in the work folder, then rename it into place."""
+    from vlmrl.datasets import MinariOfflineDataset, MinariWriter
+
     episode_rewards = index.split(per_frame)
     writer = MinariWriter(out_id, dataset.observation_space, dataset.action_space,
                           env_spec=_env_spec(dataset), staging=work.path / "staging")
@@ -220,14 +360,67 @@ def relabel(source_id: str, config: RelabelConfig, out_id: str, show_progress: b
                 episode, frames = _pad_final_step(dataset, episode)
             writer.add_episode(episode, rewards=rewards, frames=frames, frames_from=frames_from)
         metadata = _output_metadata(dataset, source_id, config, label_info, index)
-        target = writer.publish(metadata)
+        return writer.publish(metadata)
+    except OSError as error:  # h5py / numpy writes: a full disk, a folder made read-only mid-run
+        writer.discard()
+        raise UserError(f"cannot write dataset {out_id!r} in {writer.staging} ({_first_line(error)})") from error
     except BaseException:
         writer.discard()
         raise
-    work.remove()
-    timings.publish_s = time.perf_counter() - publish_started
-    timings.total_s = time.perf_counter() - started
-    return target
+
+
+def _after_failure(work: WorkDir, error: BaseException, new_store: list[Path]) -> None:
+    """Clean up after a relabel that stopped. Labelling work is kept for a resume, and the error
+    says so; a run that stopped before saving any (bad input, typically) leaves nothing behind:
+    no work folder, no lock, no label store it created that holds no label.
+
+    ``new_store``: the label store and/or its folder, where they did not exist before the run."""
+    if new_store:
+        _remove_if_empty_store(new_store)
+    if not work.has_progress():
+        work.remove()
+        return
+    work.release()
+    if isinstance(error, UserError):
+        raise UserError(f"{error}; {work.resume_hint()}") from error
+    print(f"vlmrl relabel: stopped; {work.resume_hint()}", file=sys.stderr)
+
+
+def _label_store_path(config: RelabelConfig) -> Path | None:
+    """The label store a pairwise relabel writes (None for per-frame labelers)."""
+    if config.labeler.family != "pair":
+        return None
+    from vlmrl.relabel_preferences import default_label_store
+
+    return Path(config.preference.label_store) if config.preference.label_store else default_label_store()
+
+
+def _remove_if_empty_store(created: list[Path]) -> None:
+    """Delete the label store (last of ``created``) if it holds no label, with SQLite's side
+    files, and its folder where this run created it (first of ``created``) and it is empty."""
+    import sqlite3
+
+    store = created[-1]
+    if store.is_file():
+        try:
+            with closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as connection:
+                rows = connection.execute("SELECT count(*) FROM labels").fetchone()[0]
+        except sqlite3.Error:
+            rows = 0  # created but never initialised: nothing in it
+        if rows:
+            return
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{store}{suffix}").unlink(missing_ok=True)
+    if len(created) == 2:
+        try:
+            created[0].rmdir()
+        except OSError:
+            pass  # not empty
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
 
 
 def _pad_final_step(dataset: Any, episode: Any) -> tuple[Any, np.ndarray | None]:

@@ -54,9 +54,14 @@ class LabelerSpec:
         from vlmrl.reward_model_labeler import RewardModelConfig
         from vlmrl.reward_nets import model_files
 
-        json_file, weights_file = model_files(path)
-        return cls(RewardModelConfig(path="model", device=device), inputs,
-                   files=(("model.json", json_file.read_bytes()), ("model.safetensors", weights_file.read_bytes())))
+        files = []
+        for name, file in zip(("model.json", "model.safetensors"), model_files(path)):
+            try:
+                files.append((name, file.read_bytes()))
+            except OSError as error:
+                raise UserError(f"labeler.path: cannot read reward model file {file} ({error.strerror}); a saved "
+                                f"model is a pair {path}.json + {path}.safetensors") from error
+        return cls(RewardModelConfig(path="model", device=device), inputs, files=tuple(files))
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,12 @@ class LabelerState:
 
 
 def build_labeler_state(spec: LabelerSpec) -> LabelerState:
-    """Load the labeler a spec describes (CLIP weights, a reward model) in this process."""
+    """Load the labeler a spec describes (CLIP weights, a reward model) in this process.
+
+    Raises:
+        UserError: (e.g. :class:`~vlmrl.errors.MissingWeightsError`) weights missing or corrupt;
+            the driver calls this before any work, so a bad config costs seconds.
+    """
     if not spec.files:
         return LabelerState(spec, spec.labeler.create(seed=spec.seed))
     with tempfile.TemporaryDirectory(prefix="vlmrl-labeler-") as folder:
@@ -76,6 +86,25 @@ def build_labeler_state(spec: LabelerSpec) -> LabelerState:
             Path(folder, name).write_bytes(data)
         config = replace(spec.labeler, path=str(Path(folder) / spec.labeler.path))
         return LabelerState(spec, config.create(seed=spec.seed))
+
+
+def check_labeler_loads(spec: LabelerSpec) -> None:
+    """Check, without keeping it, that the labeler of ``spec`` can be built: for engines that
+    load it elsewhere (Ray actors). Reward models are small: loaded here on the CPU. CLIP
+    checkpoints are large: only looked up (a file path exists, a tag is in the cache)."""
+    labeler = spec.labeler
+    if spec.files:
+        build_labeler_state(replace(spec, labeler=replace(labeler, device="cpu")))
+        return
+    if labeler.kind != "clip":
+        return
+    from vlmrl.reward_labelers import clip_backends
+
+    if labeler.backend == "open_clip":
+        name = clip_backends._resolve_open_clip_name(labeler.model)
+        clip_backends._check_open_clip_pretrained(name, labeler.pretrained)
+    elif clip_backends._looks_like_path(labeler.model) and not Path(labeler.model).expanduser().exists():
+        raise UserError(f"labeler.model: CLIP model folder {labeler.model} not found")
 
 
 def relabel_batch(
@@ -225,11 +254,15 @@ def reopenable_source(dataset: Any) -> str:
     return str(Path(path).resolve()) if path is not None else dataset.name
 
 
-def label_chunks_locally(spec: LabelerSpec, plan: ChunkPlan, index: FrameIndex) -> Iterator[ChunkResult]:
-    """The local engine: label the planned chunks one after the other in this process."""
+def label_chunks_locally(spec: LabelerSpec, plan: ChunkPlan, index: FrameIndex,
+                         state: LabelerState | None = None) -> Iterator[ChunkResult]:
+    """The local engine: label the planned chunks one after the other in this process.
+
+    ``state``: the labeler already built from ``spec`` (the driver builds it up front to fail
+    early on missing weights); None builds it here."""
     from vlmrl.datasets import open_dataset
 
-    state = build_labeler_state(spec)
+    state = state if state is not None else build_labeler_state(spec)
     dataset = open_dataset(plan.source)
     for chunk, first, stop in plan.chunks:
         start = time.perf_counter()

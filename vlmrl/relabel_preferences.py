@@ -29,6 +29,35 @@ def default_label_store() -> Path:
     return datasets_root() / ".label_stores" / "labels.sqlite"
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_label_store(path: Path) -> None:
+    """Before any pair is labelled: ``preference.label_store`` must be a SQLite file (or an empty
+    or missing one) in a folder this process can write (SQLite writes side files beside it).
+
+    Raises:
+        UserError: naming the file and what is wrong with it.
+    """
+    from vlmrl.locks import check_writable_dir
+
+    where = f"preference.label_store: {path}"
+    if path.is_dir():
+        raise UserError(f"{where} is a folder, not a SQLite label store file")
+    if path.exists():
+        try:
+            with path.open("rb") as file:
+                header = file.read(len(SQLITE_HEADER))
+        except OSError as error:
+            raise UserError(f"{where}: cannot read it ({error.strerror})") from error
+        if header and header != SQLITE_HEADER:
+            raise UserError(f"{where} is not a SQLite label store (its first bytes are {header[:16]!r}); "
+                            "point preference.label_store at a new file or an existing store")
+        if not os.access(path, os.W_OK):
+            raise UserError(f"{where}: no write permission")
+    check_writable_dir(path.parent, "the label store")
+
+
 def fit_preference_model(dataset: Any, config: RelabelConfig, index: FrameIndex, work: Path, show_progress: bool,
                          engine: str = "local", ray_options: Any = None) -> tuple[LabelerSpec, dict[str, Any]]:
     """Label pairs, fit the ensemble and save it in the folder ``work``; a finished fit found
@@ -38,7 +67,7 @@ def fit_preference_model(dataset: Any, config: RelabelConfig, index: FrameIndex,
 
     from vlmrl.datasets import gather_frames
     from vlmrl.factory import make_labeler
-    from vlmrl.reward_learning import fit_bradley_terry
+    from vlmrl.reward_learning import fit_bradley_terry, preference_fit_labels
     from vlmrl.reward_nets import RewardModel
 
     pref, labeler_config = config.preference, config.labeler
@@ -67,17 +96,21 @@ def fit_preference_model(dataset: Any, config: RelabelConfig, index: FrameIndex,
     if on_ray:
         from vlmrl.relabel_ray import label_pairs_on_ray
 
-        labels = label_pairs_on_ray(labeler, labeler_config, pref.goal, dataset, config.frames_key, pairs,
-                                    index.true_rewards, ray_options, show_progress)
+        answers = label_pairs_on_ray(labeler, labeler_config, pref.goal, dataset, config.frames_key, pairs,
+                                     index.true_rewards, ray_options, show_progress)
     else:
-        labels = []
+        answers = []
         for batch in tqdm(pairs, desc="preference labels", unit="round", disable=not show_progress):
             first = gather_frames(dataset, config.frames_key, batch[:, 0]) if labeler_config.needs_frames else None
             second = gather_frames(dataset, config.frames_key, batch[:, 1]) if labeler_config.needs_frames else None
             true = (index.true_rewards[batch[:, 0]], index.true_rewards[batch[:, 1]])
-            labels.append(np.asarray(labeler.compare(first, second, pref.goal, true_rewards=true), dtype=np.float32))
-    pairs_all, labels_all = np.concatenate(pairs), np.concatenate(labels)
-    keep = ~np.isnan(labels_all)
+            answers.append(_compare(labeler, first, second, pref.goal, true))
+    pairs_all = np.concatenate(pairs)
+    labels_all, p_first, p_second = (np.concatenate([a[k] for a in answers]).astype(np.float32) for k in range(3))
+    # What the fit learns from: hard labels, or the answer probabilities (soft), minus low-confidence answers.
+    fit_labels = preference_fit_labels(labels_all, p_first, p_second, mode=pref.label_confidence,
+                                       min_confidence=pref.min_confidence)
+    keep = ~np.isnan(fit_labels)
     if not keep.any():
         raise UserError(f"no usable preference label among {len(labels_all)} pairs (all unsure, failed or identical); "
                         f"check the labeler and the label store {store_path}")
@@ -92,7 +125,7 @@ def fit_preference_model(dataset: Any, config: RelabelConfig, index: FrameIndex,
     model = RewardModel(net_config, ensemble_size=pref.net.ensemble_size, device=device, seed=config.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        fit = fit_bradley_terry(model, first_in, second_in, labels_all[keep], epochs=pref.fit.epochs,
+        fit = fit_bradley_terry(model, first_in, second_in, fit_labels[keep], epochs=pref.fit.epochs,
                                 batch_size=pref.fit.batch_size, lr=pref.fit.lr,
                                 heldout_fraction=pref.fit.heldout_fraction, seed=config.seed)
     model.save(model_path)
@@ -100,6 +133,7 @@ def fit_preference_model(dataset: Any, config: RelabelConfig, index: FrameIndex,
         "pairs_queried": int(len(labels_all)),
         "pairs_labelled": int(keep.sum()),
         "pairs_discarded": int((~keep).sum()),
+        "pairs_below_min_confidence": int((np.isfinite(labels_all) & ~keep).sum()),
         "ties": int((labels_all == 0.5).sum()),
     }
     # Wall-clock time is left out: the metadata must not depend on when or how fast it ran.
@@ -108,6 +142,14 @@ def fit_preference_model(dataset: Any, config: RelabelConfig, index: FrameIndex,
     info = {"label_store": str(store_path.resolve()), "counts": counts, "reward_fit": metrics}
     _atomic_write_bytes(summary_path, json.dumps(info, sort_keys=True).encode())
     return LabelerSpec.for_reward_model(model_path, inputs, device), info
+
+
+def _compare(labeler: Any, first: Any, second: Any, goal: str, true: tuple) -> tuple[np.ndarray, ...]:
+    """``(labels, p_first, p_second)`` of one round; the scripted teacher has no probabilities (NaN)."""
+    if hasattr(labeler, "compare_with_confidence"):
+        return labeler.compare_with_confidence(first, second, goal, true_rewards=true)
+    labels = np.asarray(labeler.compare(first, second, goal, true_rewards=true), dtype=np.float32)
+    return labels, np.full_like(labels, np.nan), np.full_like(labels, np.nan)
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:

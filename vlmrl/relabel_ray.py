@@ -263,14 +263,17 @@ class _PairAsker:
             "answer": column("answer"),
             "error": column("error"),
             "requests": np.array([o.requests for o in outcomes], dtype=np.int64),
+            "p_first": np.array([np.nan if o.p_first is None else o.p_first for o in outcomes], dtype=np.float64),
+            "p_second": np.array([np.nan if o.p_second is None else o.p_second for o in outcomes], dtype=np.float64),
         }
 
 
 def label_pairs_on_ray(labeler: Any, labeler_config: LabelerConfig, goal: str, dataset: Any, frames_key: str | None,
                        pairs: list[np.ndarray], true_rewards: np.ndarray, options: RayOptions,
                        show_progress: bool = True) -> list[np.ndarray]:
-    """Preference labels of every round of ``pairs`` (int ``[n, 2]`` global frame indices each),
-    float32 ``[n]`` per round, exactly as ``labeler.compare`` would give them round by round.
+    """Preference labels of every round of ``pairs`` (int ``[n, 2]`` global frame indices each):
+    ``(labels, p_first, p_second)``, float32 ``[n]`` each per round, exactly as
+    ``labeler.compare_with_confidence`` would give them round by round.
 
     ``labeler`` (with the label store) plans and records in this process; Ray actors each build
     ``labeler_config``'s labeler (without a store) and ask.
@@ -292,7 +295,7 @@ def label_pairs_on_ray(labeler: Any, labeler_config: LabelerConfig, goal: str, d
         for key, indices in plan.to_ask.items():
             first_seen.setdefault(key, (round_index, indices[0]))
     if not first_seen:
-        return [plan.labels for plan in plans]
+        return [(plan.labels, plan.p_first, plan.p_second) for plan in plans]
 
     rows = [{"key": key, "first_index": int(pairs[r][i, 0]), "second_index": int(pairs[r][i, 1])}
             for key, (r, i) in first_seen.items()]
@@ -313,7 +316,8 @@ def label_pairs_on_ray(labeler: Any, labeler_config: LabelerConfig, goal: str, d
             if key in recorded:  # a retried actor's second answer: the first one is in the store
                 continue
             outcome = PairOutcome(str(batch["status"][i]), float(batch["label"][i]), _text(batch["analysis"][i]),
-                                  _text(batch["answer"][i]), _text(batch["error"][i]), int(batch["requests"][i]))
+                                  _text(batch["answer"][i]), _text(batch["error"][i]), int(batch["requests"][i]),
+                                  _probability(batch["p_first"][i]), _probability(batch["p_second"][i]))
             round_index, pair = first_seen[key]
             # Read again for the thumbnails rather than kept since planning: a whole budget of
             # frames need not fit in memory.
@@ -324,13 +328,19 @@ def label_pairs_on_ray(labeler: Any, labeler_config: LabelerConfig, goal: str, d
             for later in plans[round_index + 1:]:
                 if key in later.to_ask:
                     later.labels[later.to_ask[key]] = outcome.label
+                    later.p_first[later.to_ask[key]] = np.nan if outcome.p_first is None else outcome.p_first
+                    later.p_second[later.to_ask[key]] = np.nan if outcome.p_second is None else outcome.p_second
             recorded.add(key)
             bar.update(1)
     bar.close()
     if len(recorded) != len(rows):
         raise RuntimeError(f"Ray returned answers for {len(recorded)} of {len(rows)} pairs; run the same command "
                            "again: the answers already stored are not asked for again")
-    return [plan.labels for plan in plans]
+    return [(plan.labels, plan.p_first, plan.p_second) for plan in plans]
+
+
+def _probability(value: Any) -> float | None:
+    return None if np.isnan(value) else float(value)
 
 
 def _text(value: Any) -> str | None:

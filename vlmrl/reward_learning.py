@@ -215,6 +215,52 @@ def _preference_metrics(
     return loss, accuracy
 
 
+LABEL_CONFIDENCE_MODES = ("hard", "soft")
+
+
+def preference_fit_labels(
+    labels: np.ndarray,
+    p_first: np.ndarray | None = None,
+    p_second: np.ndarray | None = None,
+    mode: str = "hard",
+    min_confidence: float = 0.0,
+) -> np.ndarray:
+    """The labels a Bradley-Terry fit should learn from, given how sure each answer was.
+
+    Args:
+        labels: float ``[N]`` preference labels (1.0 first preferred, 0.0 second, 0.5 equal,
+            NaN none), as a labeler returns them.
+        p_first, p_second: float ``[N]`` P(image 1 better) / P(image 2 better) of each answer
+            (``PreferenceLabeler.compare_with_confidence``), NaN where unknown; None = all unknown.
+        mode: ``"hard"`` keeps the labels; ``"soft"`` replaces the label of every labelled pair
+            with known probabilities by ``p_first / (p_first + p_second)``.
+        min_confidence: labelled pairs with known probabilities and
+            ``max(p_first, p_second) < min_confidence`` become NaN (dropped by the fit and
+            counted in ``n_unlabelled``); 0 drops none.
+
+    Returns:
+        float64 ``[N]``. Pairs without probabilities, and unlabelled (NaN) pairs, are returned
+        as given: confidence never turns a missing label into one.
+    """
+    if mode not in LABEL_CONFIDENCE_MODES:
+        raise ValueError(f"mode must be one of {LABEL_CONFIDENCE_MODES}, got {mode!r}")
+    if not 0.0 <= min_confidence <= 1.0:
+        raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
+    out = np.array(labels, dtype=np.float64, copy=True).reshape(-1)
+    n = len(out)
+    p1 = np.full(n, np.nan) if p_first is None else np.asarray(p_first, dtype=np.float64).reshape(-1)
+    p2 = np.full(n, np.nan) if p_second is None else np.asarray(p_second, dtype=np.float64).reshape(-1)
+    if p1.shape != (n,) or p2.shape != (n,):
+        raise ValueError(f"p_first and p_second must have {n} values each like labels, got {p1.shape} and {p2.shape}")
+    known = np.isfinite(out) & np.isfinite(p1) & np.isfinite(p2)
+    out[known & (np.maximum(p1, p2) < min_confidence)] = np.nan
+    if mode == "soft":
+        # p_first + p_second > 0 wherever a label exists: the likelier of the two answers decided it.
+        soft = known & np.isfinite(out) & (p1 + p2 > 0)
+        out[soft] = p1[soft] / (p1[soft] + p2[soft])
+    return out
+
+
 def fit_bradley_terry(
     model: RewardModel,
     first: np.ndarray,
@@ -238,7 +284,8 @@ def fit_bradley_terry(
         first, second: the two items of each pair; cnn: uint8 frames ``[N, H, W, 3]``;
             mlp: float states ``[N, obs_dim]``.
         labels: float ``[N]``: 1.0 = first preferred, 0.0 = second preferred, values in
-            between are soft labels (0.5 = equally good), NaN = no label (pair dropped and
+            between are soft labels (0.5 = equally good; the cross-entropy takes any target in
+            [0, 1], e.g. from :func:`preference_fit_labels`), NaN = no label (pair dropped and
             counted as ``n_unlabelled``). Note RL-VLM-F's VLM answers the opposite way
             (``0`` = image 1 better); convert before calling.
         epochs: passes over the labelled training pairs.

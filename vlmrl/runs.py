@@ -10,6 +10,7 @@ Layout::
     reward_net.*           final distilled reward net (when distilling)
     eval.json              true-return evaluation of the final policy
     videos/                rollout videos
+    .lock                  held by the process training in it (see :func:`run_dir_lock`)
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from typing import Any
 
 from vlmrl.config import ExperimentConfig, load_config
 from vlmrl.errors import UserError
+from vlmrl.locks import OutputLock
 
 CONFIG_FILE = "config.yaml"
+LOCK_FILE = ".lock"
 CHECKPOINTS = "checkpoints"
 KEEP_CHECKPOINTS = 2
 
@@ -88,3 +91,20 @@ def policy_path(run_dir: Path) -> Path:
     if latest is not None:
         return latest / "model.zip"
     raise UserError(f"{run_dir} holds no saved policy (no model.zip and no complete checkpoint)")
+
+
+def run_dir_lock(run_dir: str | Path, resume_command: str | None = None) -> OutputLock:
+    """Claim ``run_dir`` for this process: a :class:`UserError` at once if another ``vlmrl train``
+    is writing it (e.g. a second ``--resume`` of the same run), else the held lock.
+
+    A lock left by a killed process is taken over. ``resume_command``: how the run continues,
+    for the message (default: ``vlmrl train --resume RUN_DIR``). The lock is released by
+    ``release()``, at the end of a ``with`` block, when the returned object is garbage-collected
+    (so holding it in a local variable holds it until the function returns), or at interpreter exit.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} is not a run directory (no such folder)")
+    resume_command = resume_command or f"vlmrl train --resume {run_dir}"
+    hint = f"once it has stopped, `{resume_command}` continues the run"
+    return OutputLock(run_dir / LOCK_FILE, "train", str(run_dir), hint=hint, create_folder=False).acquire()

@@ -1,15 +1,21 @@
 """``vlmrl train``: train an agent online from labeler rewards (or offline with IQL).
 
-Read top to bottom: build labeler -> vector env -> reward wrapper (+ distilled net) -> SB3
-learner; learn with metrics, checkpoint and video callbacks; save; evaluate on the true reward;
-record a video.
+Read top to bottom: build labeler (and check its endpoint) -> vector env -> reward wrapper (+
+distilled net) -> SB3 learner; learn with metrics, checkpoint, video and stop callbacks; save;
+evaluate on the true reward; record a video.
+
+Stopping: SIGTERM / SIGINT (:mod:`vlmrl.stopping`) and a labeler whose queries keep failing
+(``preference.max_consecutive_failures``) end ``learn`` after the current env step; a checkpoint
+is written, the labelling worker and the envs are closed, and the command exits (143 / 130 for
+the signals, 2 with a message for the labeler) saying how to continue with ``--resume``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +26,7 @@ import numpy as np
 from vlmrl.config import ExperimentConfig, load_config
 from vlmrl.config_loading import apply_overrides, build_dataclass, load_yaml, to_plain
 from vlmrl.errors import ConfigError, UserError
+from vlmrl.stopping import StopRequest, Stopped
 
 DESCRIPTION = """\
 Train an agent whose reward comes from a labeler instead of the environment.
@@ -79,6 +86,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except Stopped as stop:
+        print(f"vlmrl train: {stop}", file=sys.stderr)
+        return stop.exit_code
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.resume:
         from vlmrl.runs import load_run_config
 
@@ -102,9 +117,22 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.overrides)
         run_dir = create_run_dir(config)
         print(f"run directory: {run_dir}")
-        summary = train_online(config, run_dir, resume=False, progress_bar=not args.no_progress, video=not args.no_video)
+        try:
+            summary = train_online(config, run_dir, resume=False, progress_bar=not args.no_progress, video=not args.no_video)
+        except UserError:
+            _remove_if_unused(run_dir)
+            raise
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _remove_if_unused(run_dir: Path) -> None:
+    """Remove a fresh run directory that a start-up error (an unreachable endpoint, missing
+    weights) left before the first step: no checkpoint, no TensorBoard log."""
+    from vlmrl.runs import CHECKPOINTS
+
+    if not (run_dir / CHECKPOINTS).exists() and not (run_dir / "tb").exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _is_offline(config_path: str) -> bool:
@@ -112,9 +140,20 @@ def _is_offline(config_path: str) -> bool:
     return isinstance(agent, dict) and agent.get("algo") == "iql"
 
 
+# Keys --resume may change: the run's length and how (not what) its labels are asked.
+RESUME_OVERRIDES = (
+    "agent.total_timesteps",
+    "preference.labeling",
+    "preference.queue_size",
+    "preference.max_consecutive_failures",
+    "reward.labeling",
+    "reward.queue_size",
+)
+
+
 def _resume_overrides(config: ExperimentConfig, overrides: list[str], run_dir: Path) -> ExperimentConfig:
-    if any(not o.startswith("agent.total_timesteps=") for o in overrides):
-        raise ConfigError("with --resume only agent.total_timesteps may be overridden")
+    if any(o.partition("=")[0] not in RESUME_OVERRIDES for o in overrides):
+        raise ConfigError(f"with --resume only {', '.join(RESUME_OVERRIDES)} may be overridden")
     data = apply_overrides(config.to_dict(), overrides, str(run_dir / "config.yaml"))
     updated = build_dataclass(ExperimentConfig, data, str(run_dir / "config.yaml"))
     (run_dir / "config.yaml").write_text(updated.to_yaml())
@@ -124,26 +163,57 @@ def _resume_overrides(config: ExperimentConfig, overrides: list[str], run_dir: P
 @dataclass
 class RewardPipeline:
     """The part of an online run that differs between labelers: the VecEnv wrapper that gives the
-    agent its reward, its callbacks, and how it is checkpointed and summarised."""
+    agent its reward (a :class:`~vlmrl.agents.reward_wrapper.RewardVecEnvWrapper`: it checkpoints,
+    summarises and scores videos itself) and the callbacks the learner needs with it."""
 
-    env: Any
+    env: Any  # RewardVecEnvWrapper; not imported here, so the CLI starts without torch
     callbacks: list
-    save: Callable[[Path], dict[str, Any]]  # writes into a checkpoint dir; returns state.json counters
-    restore: Callable[[Path, dict[str, Any]], None]
-    summary: Callable[[], dict[str, Any]]
-    reward_model: Callable[[], Any]  # the reward net to save as reward_net.*, or None
-    video_scorer: Callable[[], tuple[Callable | None, str]]  # frames -> rewards drawn on videos
+
+    def save(self, directory: Path) -> None:
+        """Write the wrapper's and the callbacks' state into a checkpoint directory."""
+        from vlmrl.agents.training_callbacks import CheckpointedCallback
+
+        self.env.save(directory)
+        for callback in self.callbacks:
+            if isinstance(callback, CheckpointedCallback):
+                callback.save(directory)
+
+    def restore(self, directory: Path) -> None:
+        """Undo :meth:`save` (after the agent and its replay buffer are loaded)."""
+        from vlmrl.agents.training_callbacks import CheckpointedCallback
+
+        self.env.load(directory)
+        for callback in self.callbacks:
+            if isinstance(callback, CheckpointedCallback):
+                callback.load(directory)
 
 
 def train_online(config: ExperimentConfig, run_dir: Path, resume: bool, progress_bar: bool = True, video: bool = True) -> dict[str, Any]:
-    """Train (or continue) an online run in ``run_dir``; return a summary dict (also saved)."""
+    """Train (or continue) an online run in ``run_dir``; return a summary dict (also saved).
+
+    Raises:
+        Stopped: SIGTERM / SIGINT arrived; a checkpoint was written (exit code 143 / 130).
+        UserError: the labeler's endpoint is unreachable or refuses the key (before training),
+            or ``max_consecutive_failures`` queries in a row failed (after a checkpoint).
+    """
+    # Before anything renders: the handlers must be in place before SDL (pygame) looks.
+    stop = StopRequest().install()
+    try:
+        return _train_online(config, run_dir, resume, progress_bar, video, stop)
+    finally:
+        stop.uninstall()
+
+
+def _train_online(
+    config: ExperimentConfig, run_dir: Path, resume: bool, progress_bar: bool, video: bool, stop: StopRequest
+) -> dict[str, Any]:
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.utils import set_random_seed
 
     from vlmrl.agents.sb3_agents import build_agent, load_agent
-    from vlmrl.agents.training_callbacks import PeriodicCallback
-    from vlmrl.runs import checkpoint_dir, finish_checkpoint, latest_checkpoint, read_checkpoint_state
+    from vlmrl.agents.training_callbacks import PeriodicCallback, StopTrainingCallback
+    from vlmrl.runs import checkpoint_dir, finish_checkpoint, latest_checkpoint
 
     seed = config.run.seed
     set_random_seed(seed)
@@ -152,7 +222,7 @@ def train_online(config: ExperimentConfig, run_dir: Path, resume: bool, progress
 
         torch.set_num_threads(config.run.torch_threads)
     if config.labeler.family == "pair":
-        pipeline = _preference_pipeline(config, run_dir, seed)
+        pipeline = _preference_pipeline(config, run_dir, seed, stop)
     else:
         pipeline = _labelled_pipeline(config, seed)
     algo = config.agent.algo
@@ -164,8 +234,9 @@ def train_online(config: ExperimentConfig, run_dir: Path, resume: bool, progress
             model = load_agent(algo, checkpoint / "model.zip", pipeline.env, config.agent.device)
             if isinstance(model, SAC) and (checkpoint / "replay_buffer.pkl").is_file():
                 model.load_replay_buffer(checkpoint / "replay_buffer.pkl")
-            pipeline.restore(checkpoint, read_checkpoint_state(checkpoint))
+            pipeline.restore(checkpoint)
             print(f"resuming from {checkpoint} at step {model.num_timesteps}")
+            _note_labeling_change(config, pipeline.env)
         else:
             try:
                 model = build_agent(
@@ -180,20 +251,23 @@ def train_online(config: ExperimentConfig, run_dir: Path, resume: bool, progress
             except ValueError as error:
                 raise ConfigError(f"agent.hyperparams: {error}") from error
 
-        def save_checkpoint(step: int) -> None:
+        def save_checkpoint(step: int) -> Path:
             directory = checkpoint_dir(run_dir, step)
             directory.mkdir(parents=True, exist_ok=True)
             model.save(directory / "model.zip")
             if isinstance(model, SAC):
                 model.save_replay_buffer(directory / "replay_buffer.pkl")
-            state = pipeline.save(directory)
-            finish_checkpoint(directory, {"num_timesteps": int(model.num_timesteps), **state})
+            pipeline.save(directory)
+            # state.json is written last and marks the checkpoint complete; the counters are for people.
+            finish_checkpoint(directory, {"num_timesteps": int(model.num_timesteps), **pipeline.env.summary()})
+            return directory
 
         def record(prefix: str) -> list[Path]:
-            scorer, name = pipeline.video_scorer()
+            scorer, name = pipeline.env.video_scorer()
             return _record_video(config, model, scorer, name, run_dir / "videos", prefix)
 
-        callbacks = [*pipeline.callbacks, PeriodicCallback(config.run.checkpoint_every, save_checkpoint)]
+        stopper = StopTrainingCallback(lambda: stop.reason() or pipeline.env.labelling_failure())
+        callbacks = [*pipeline.callbacks, PeriodicCallback(config.run.checkpoint_every, save_checkpoint), stopper]
         if config.run.video_every and video:
             callbacks.append(PeriodicCallback(config.run.video_every, lambda step: record(f"step{step}")))
         remaining = config.agent.total_timesteps - model.num_timesteps
@@ -207,9 +281,11 @@ def train_online(config: ExperimentConfig, run_dir: Path, resume: bool, progress
                 progress_bar=progress_bar,
             )
         train_seconds = time.perf_counter() - start
+        if stopper.stopped_because is not None:
+            _stop_after_checkpoint(config, run_dir, save_checkpoint(int(model.num_timesteps)), stop, pipeline.env)
         model.save(run_dir / "model.zip")
-        if pipeline.reward_model() is not None:
-            pipeline.reward_model().save(run_dir / "reward_net")
+        if pipeline.env.reward_model is not None:
+            pipeline.env.reward_model.save(run_dir / "reward_net")
     finally:
         pipeline.env.close()
 
@@ -217,20 +293,49 @@ def train_online(config: ExperimentConfig, run_dir: Path, resume: bool, progress
         "run_dir": str(run_dir),
         "env_steps": int(model.num_timesteps),
         "train_seconds": round(train_seconds, 2),
-        **pipeline.summary(),
+        **pipeline.env.summary(),
     }
-    if config.run.eval_episodes:
+    if config.run.eval_episodes and not stop.requested:
         summary["eval"] = evaluate_policy_true_return(config, model, config.run.eval_episodes)
-    if video and config.run.video_episodes:
+    if video and config.run.video_episodes and not stop.requested:
         summary["videos"] = [str(p) for p in record("final")]
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if stop.requested:  # after training had finished: the run is complete, only the extras were skipped
+        raise stop.stopped(f"stopped by {stop.name} after training finished; the final policy is in "
+                           f"{run_dir / 'model.zip'} (evaluation and video skipped)")
     return summary
 
 
+def _stop_after_checkpoint(config: ExperimentConfig, run_dir: Path, checkpoint: Path, stop: StopRequest, reward_env: Any) -> None:
+    """Raise what ends a run stopped mid-way, once its checkpoint is written."""
+    resume = f"continue with vlmrl train --resume {run_dir}"
+    if stop.requested:
+        raise stop.stopped(f"stopped by {stop.name} after checkpoint {checkpoint}; {resume}")
+    endpoint = getattr(config.labeler, "base_url", None)
+    where = f"the VLM endpoint at {endpoint}" if endpoint else f"the {config.labeler.kind} labeler"
+    check = ("check that the server is running and answers, and that labeler.base_url, labeler.model and "
+             "labeler.api_key_env are right" if endpoint else "check the labeler's log")
+    raise UserError(f"stopped: {where} keeps failing: {reward_env.labelling_failure()}. {check.capitalize()}. "
+                    f"A checkpoint was written to {checkpoint}; once it works, {resume}")
+
+
+def _note_labeling_change(config: ExperimentConfig, reward_env: Any) -> None:
+    """Say so when a run resumes in another labelling mode than its checkpoint's (allowed)."""
+    before = getattr(reward_env, "labeling_at_checkpoint", None)
+    section = "preference" if config.labeler.family == "pair" else "reward"
+    now = getattr(config, section).labeling
+    if before is not None and before != now:
+        print(f"note: the checkpoint was written with {section}.labeling={before}; this run continues with "
+              f"{section}.labeling={now}" + (" (pairs in flight at the checkpoint are drawn again)" if before == "async" else ""))
+
+
 def _labelled_pipeline(config: ExperimentConfig, seed: int) -> RewardPipeline:
-    """Per-frame labels (CLIP or oracle), optionally distilled into a CNN reward net."""
+    """Per-frame labels (CLIP or oracle), optionally distilled into a CNN reward net; with
+    ``reward.labeling: async`` labelled in a background thread, and the stored rewards of PPO's
+    rollout (or SAC's replay buffer) refreshed after each refit."""
     from vlmrl.agents.labelled_reward import LabelledRewardVecEnv
-    from vlmrl.agents.training_callbacks import LabelMetricsCallback
+    from vlmrl.agents.rollout_relabel import PPORolloutRelabelCallback, SACReplayRelabelCallback
+    from vlmrl.agents.training_callbacks import RewardMetricsCallback
     from vlmrl.factory import make_labeler, make_vec_env
     from vlmrl.reward_nets import RewardModel
 
@@ -240,94 +345,53 @@ def _labelled_pipeline(config: ExperimentConfig, seed: int) -> RewardPipeline:
         net = config.reward.net
         reward_model = RewardModel(net.net_config(), ensemble_size=net.ensemble_size, device=config.labeler.device, seed=seed)
     venv = make_vec_env(config.env, seed, capture_frames=labeler.needs_frames or reward_model is not None)
-    labelled = LabelledRewardVecEnv(venv, labeler, reward_model, config.reward, seed=seed)
-    counters = ("labeler_calls", "labelled_frames", "net_frames", "net_fits")
-
-    def save(directory: Path) -> dict[str, Any]:
-        if labelled.reward_model is not None:
-            labelled.reward_model.save(directory / "reward_net")
-            np.savez(directory / "label_buffer.npz", **labelled.buffer.state_dict())
-        return {
-            "vector_steps": labelled.vector_steps,
-            "env_steps_at_last_fit": labelled.env_steps_at_last_fit,
-            **{key: getattr(labelled.stats, key) for key in counters},
-        }
-
-    def restore(directory: Path, state: dict[str, Any]) -> None:
-        if labelled.reward_model is not None:
-            labelled.reward_model = RewardModel.load(directory / "reward_net", device=str(labelled.reward_model.device))
-            with np.load(directory / "label_buffer.npz") as data:
-                labelled.buffer.load_state_dict({key: data[key] for key in data.files})
-        labelled.vector_steps = state["vector_steps"]
-        labelled.env_steps_at_last_fit = state["env_steps_at_last_fit"]
-        for key in counters:
-            setattr(labelled.stats, key, state[key])
-
-    def video_scorer() -> tuple[Callable | None, str]:
-        if labelled.reward_model is not None:
-            return labelled.reward_model.predict, "learned"
-        if labeler.needs_frames:
-            return labeler.label, config.labeler.name
-        return None, "reward"
-
-    return RewardPipeline(
-        env=labelled,
-        callbacks=[LabelMetricsCallback(labelled)],
-        save=save,
-        restore=restore,
-        summary=lambda: {key: getattr(labelled.stats, key) for key in counters},
-        reward_model=lambda: labelled.reward_model,
-        video_scorer=video_scorer,
-    )
+    labelled = LabelledRewardVecEnv(venv, labeler, reward_model, config.reward, seed=seed, labeler_name=config.labeler.name)
+    callbacks: list = [RewardMetricsCallback(labelled)]
+    if labelled.asynchronous:
+        relabel = SACReplayRelabelCallback if config.agent.algo == "sac" else PPORolloutRelabelCallback
+        callbacks.append(relabel(labelled))
+    return RewardPipeline(env=labelled, callbacks=callbacks)
 
 
-def _preference_pipeline(config: ExperimentConfig, run_dir: Path, seed: int) -> RewardPipeline:
+def _labels_in_a_process(config: ExperimentConfig) -> bool:
+    """Async labels from a local transformers VLM come from a worker process (its generation
+    would compete with the agent for the GIL); endpoint labelers and the teacher use threads."""
+    return config.preference.labeling == "async" and config.labeler.kind == "hf"
+
+
+def _preference_pipeline(config: ExperimentConfig, run_dir: Path, seed: int, stop: StopRequest) -> RewardPipeline:
     """RL-VLM-F: rewards learned from pairwise labels (VLM or scripted teacher), with PEBBLE
-    replay relabelling under SAC. Every VLM answer goes to ``run_dir/labels.sqlite``."""
-    from vlmrl.agents.preference_reward import (
-        build_preference_env,
-        preference_needs_frames,
-        restore_preference_checkpoint,
-        save_preference_checkpoint,
-    )
+    replay relabelling under SAC. Every VLM answer goes to ``run_dir/labels.sqlite``.
+
+    The endpoint is checked (``preflight``) before any env exists, so a dead or unauthorised
+    one stops the run within seconds."""
+    from vlmrl.agents.preference_reward import build_preference_env, preference_needs_frames
     from vlmrl.factory import make_labeler, make_vec_env
 
     schedule = config.preference
-    labeler = make_labeler(config.labeler, "pair", seed=seed, store=schedule.label_store or run_dir / "labels.sqlite")
+    store = schedule.label_store or run_dir / "labels.sqlite"
+    if _labels_in_a_process(config):
+        from vlmrl.reward_labelers.preference import StoreLedger
+
+        # The model loads in the worker process only; this one plans and records under its store keys.
+        labeler = StoreLedger(config.labeler.store_key_config(), store)
+    else:
+        labeler = make_labeler(config.labeler, "pair", seed=seed, store=store)
+        preflight = getattr(labeler, "preflight", None)
+        if preflight is not None:
+            preflight()
     venv = make_vec_env(config.env, seed, capture_frames=preference_needs_frames(labeler, schedule))
+    answers = None
+    if _labels_in_a_process(config):
+        from vlmrl.agents.async_labelling import ProcessPairAnswers
+
+        answers = ProcessPairAnswers(config.labeler, labeler, schedule.goal, schedule.queue_size,
+                                     max_consecutive_failures=schedule.max_consecutive_failures, should_stop=stop, seed=seed)
     preference_env, callbacks = build_preference_env(
-        venv, labeler, schedule.goal, schedule, config.agent.algo, seed=seed, device=config.labeler.device
+        venv, labeler, schedule.goal, schedule, config.agent.algo, seed=seed, device=config.labeler.device,
+        answers=answers, should_stop=stop,
     )
-
-    def save(directory: Path) -> dict[str, Any]:
-        save_preference_checkpoint(directory, preference_env, callbacks)
-        return {}
-
-    def summary() -> dict[str, Any]:
-        stats = preference_env.stats
-        # NaN (no decisive pair, no held-out split yet) is written as null: summary.json stays strict JSON.
-        return {
-            "pairs_asked": stats.asked,
-            "pairs_labelled": stats.labelled,
-            "query_rounds": stats.rounds,
-            "reward_fits": stats.fits,
-            "label_accuracy_vs_oracle": None if math.isnan(stats.accuracy_vs_oracle) else stats.accuracy_vs_oracle,
-            "heldout_accuracy": None if math.isnan(stats.heldout_accuracy) else stats.heldout_accuracy,
-        }
-
-    def video_scorer() -> tuple[Callable | None, str]:
-        # Videos get frames: draw the learned reward only when the net reads frames.
-        return (preference_env.reward_model.predict, "learned") if schedule.net.kind == "cnn" else (None, "reward")
-
-    return RewardPipeline(
-        env=preference_env,
-        callbacks=callbacks,
-        save=save,
-        restore=lambda directory, state: restore_preference_checkpoint(directory, preference_env, callbacks),
-        summary=summary,
-        reward_model=lambda: preference_env.reward_model,
-        video_scorer=video_scorer,
-    )
+    return RewardPipeline(env=preference_env, callbacks=callbacks)
 
 
 def evaluate_policy_true_return(config: ExperimentConfig, model, episodes: int) -> dict[str, float]:
