@@ -31,6 +31,11 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade "pip>=24"
+# mujoco 4.0.0 split itself into mujoco, mujoco-core and mujoco-studio: installing the pinned 3.3.0
+# over a venv that had 4.0.0 leaves its files behind and `import mujoco` fails.
+if .venv/bin/python -m pip show -q mujoco-core >/dev/null 2>&1; then
+  .venv/bin/python -m pip uninstall --quiet -y mujoco mujoco-core mujoco-studio
+fi
 .venv/bin/python -m pip install --quiet -e ".[dev]"
 .venv/bin/python -m pip check
 echo "vlmrl installed in .venv: activate it with  . .venv/bin/activate"

@@ -46,10 +46,9 @@ How it is computed here, and why:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -58,29 +57,12 @@ from gymnasium import spaces
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 
 from vlmrl.agents.training_callbacks import CheckpointedCallback
+from vlmrl.devices import one_thread_for_small_batches
 
 STATE_FILE = "state_entropy_exploration.json"
 
 # Smallest std the distances are divided by (all states identical so far).
 MIN_STD = 1e-8
-
-# Up to this many states are scored on one CPU thread (see _one_thread).
-SMALL_BATCH = 64
-
-
-@contextlib.contextmanager
-def _one_thread(items: int) -> Iterator[None]:
-    """Score a small batch on one CPU thread: one state against 10,000 took 12 ms with 2 threads
-    and 1.2 ms with 1 on this project's shared 2-core machine (the thread pool's hand-offs dominate)."""
-    threads = torch.get_num_threads()
-    if items > SMALL_BATCH or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def knn_distances(
@@ -113,7 +95,7 @@ def knn_distances(
     states, reference = states - centre, reference - centre
     rank = min(k + int(includes_self), len(reference))
     out = []
-    with torch.inference_mode(), _one_thread(len(states)):
+    with torch.inference_mode(), one_thread_for_small_batches(len(states)):
         for start in range(0, len(states), chunk_size):
             distances = torch.cdist(states[start : start + chunk_size], reference)
             out.append(distances.topk(rank, dim=1, largest=False).values[:, -1])

@@ -64,6 +64,13 @@ class OnlinePreferenceConfig(PreferenceLearningConfig):
         segment_length: steps per side whose true return the scripted teacher compares
             (B-Pref segments); 1 = RL-VLM-F's single frames.
         label_frame_mb: MiB the frames kept for a VLM may take; larger frames are shrunk once.
+        unsupervised_steps: PEBBLE's unsupervised exploration: SAC on the k-nearest-neighbour
+            (k=5) state-entropy reward for this many env steps before the first query (RL-VLM-F:
+            9,000); 0 turns it off. SAC only.
+        sampling: how a round's pairs are chosen: ``uniform``, or PEBBLE's ``disagreement``
+            (largest std of the ensemble members' preference) / ``entropy`` (largest mean
+            entropy of the members' preference) among ``candidate_factor`` times more uniform
+            candidates (uniform until the first fit).
         reward_normalisation: ``buffer_minmax`` maps the learned reward so buffered steps span
             [0, 1] (right for "keep doing X"); ``none`` keeps the raw ensemble mean (use it where
             ending the episode is the goal).
@@ -86,6 +93,9 @@ class OnlinePreferenceConfig(PreferenceLearningConfig):
     segment_length: int = 1
     label_frame_mb: int = 1024
     reward_normalisation: Literal["buffer_minmax", "none"] = "buffer_minmax"
+    unsupervised_steps: int = 0
+    sampling: Literal["uniform", "disagreement", "entropy"] = "uniform"
+    candidate_factor: int = 10
     labeling: Literal["sync", "async"] = "sync"
     queue_size: int = 100
     max_consecutive_failures: int = 20
@@ -97,5 +107,9 @@ class OnlinePreferenceConfig(PreferenceLearningConfig):
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.first_round_at < 0:
             raise ValueError(f"first_round_at must be >= 0, got {self.first_round_at}")
+        if self.unsupervised_steps < 0:
+            raise ValueError(f"unsupervised_steps must be >= 0, got {self.unsupervised_steps}")
+        if self.candidate_factor < 1:
+            raise ValueError(f"candidate_factor must be >= 1, got {self.candidate_factor}")
         if self.max_consecutive_failures < 0:
             raise ValueError(f"max_consecutive_failures must be >= 0 (0: never stop), got {self.max_consecutive_failures}")

@@ -36,6 +36,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv
 
 from vlmrl.agents.async_labelling import make_pair_answers
+from vlmrl.agents.pebble import StateEntropyExploration
 from vlmrl.agents.preference_config import OnlinePreferenceConfig
 from vlmrl.agents.preference_rounds import PairAnswers, PreferenceLearner, PreferenceRoundStats
 from vlmrl.agents.reward_wrapper import RewardVecEnvWrapper
@@ -309,6 +310,11 @@ def build_preference_env(
     elif schedule.labeling == "async":
         # Sync mode keeps PPO's collected rewards, as it always did (bit-exact).
         callbacks.append(PPORolloutRelabelCallback(wrapper))
+    if schedule.unsupervised_steps:
+        if algo != "sac":
+            raise ConfigError("preference.unsupervised_steps (PEBBLE's unsupervised exploration) needs agent.algo: sac")
+        # Hand over to the learnt reward only once it exists: a slow first round never leaves SAC on zero.
+        callbacks.append(StateEntropyExploration(schedule.unsupervised_steps, learned_reward_ready=lambda: wrapper.fitted))
     return wrapper, callbacks
 
 

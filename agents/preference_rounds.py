@@ -52,48 +52,26 @@ Decisions, and why:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
-import torch
 from PIL import Image
 
 from vlmrl.agents.preference_config import OnlinePreferenceConfig
+from vlmrl.agents.query_sampling import select_pairs
+from vlmrl.devices import one_thread_for_small_batches
 from vlmrl.reward_learning import FitResult, fit_bradley_terry
 from vlmrl.reward_nets import RewardModel
-
-# Batches up to this many items are scored on one CPU thread (see _one_thread).
-SMALL_BATCH = 64
 
 # Vector steps of the ring buffer whose predictions set the reward normalisation after a fit.
 NORMALISATION_ROWS = 1024
 
 T = TypeVar("T")
-
-
-@contextlib.contextmanager
-def _one_thread(items: int) -> Iterator[None]:
-    """Score a small batch on one CPU thread.
-
-    A vector step's few inputs gain nothing from intra-op threads, and on a busy CPU the thread
-    pool's hand-offs dominate: 2 frames through a 2-member cnn took 125 ms with 2 threads and
-    1.2 ms with 1 on this project's shared 2-core machine.
-    """
-    threads = torch.get_num_threads()
-    if items > SMALL_BATCH or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _shrunk_size(height: int, width: int, rows: int, budget_mb: int) -> tuple[int, int]:
@@ -408,7 +386,8 @@ class PreferenceLearner:
         self.ring = StepRing(config.frame_buffer, n_envs, config.label_frame_mb)
         self.pairs = PairDataset()
         self.stats = PreferenceRoundStats()
-        self.next_round_at = config.first_round_at
+        # PEBBLE: no query before the unsupervised exploration has ended.
+        self.next_round_at = max(config.first_round_at, config.unsupervised_steps)
         self.rounds_in_flight: list[_RoundInFlight] = []
         self.resample = 0  # pairs in flight at the checkpoint this run resumed from, drawn again
         self.reward_offset = 0.0
@@ -495,11 +474,6 @@ class PreferenceLearner:
             return None
         rng_before = self.rng.bit_generator.state
         n = min(self.config.pairs_per_round + self.resample, self.budget_left)
-        first = self.rng.choice(candidates, size=n)
-        second = self.rng.choice(candidates, size=n)
-        while np.any(same := first == second):
-            second[same] = self.rng.choice(candidates, size=int(same.sum()))
-
         n_envs = self.ring.n_envs
         order = self.ring.chronological_rows()
         flat_rows = order[:, None].repeat(n_envs, axis=1).reshape(-1)
@@ -509,6 +483,13 @@ class PreferenceLearner:
             # Fancy indexing copies: the ring may be overwritten while the round is in flight.
             return None if array is None else array[flat_rows[picks], flat_envs[picks]]
 
+        def member_returns(picks: np.ndarray) -> np.ndarray:
+            # The net scores a segment by its first step (module docstring), so that is its return.
+            return self.reward_model.predict_members(gather(self.ring.inputs, picks))
+
+        first, second = select_pairs(self.config.sampling, candidates, n, self.rng,
+                                     member_returns=member_returns if self.fitted else None,
+                                     candidate_factor=self.config.candidate_factor)
         return PairQuery(
             first_frames=gather(self.ring.frames, first),
             second_frames=gather(self.ring.frames, second),
@@ -630,7 +611,7 @@ class PreferenceLearner:
         """The agent's reward for net inputs (frames or observations): float32 ``[N]``; zeros before the first fit."""
         if not self.fitted:
             return np.zeros(len(inputs), dtype=np.float32)
-        with _one_thread(len(inputs)):
+        with one_thread_for_small_batches(len(inputs)):
             predicted = self.reward_model.predict(inputs)
         return ((predicted - self.reward_offset) / self.reward_scale).astype(np.float32)
 

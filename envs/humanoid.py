@@ -24,14 +24,18 @@ import weakref
 import xml.etree.ElementTree as ET
 from typing import Any
 
-import gymnasium as gym
-import mujoco
-import numpy as np
-from gymnasium import utils
-from gymnasium.envs.mujoco.humanoid_v5 import HumanoidEnv
+from vlmrl.headless import load_torch_compiler_before_software_gl
 
-from vlmrl.envs.validation import check_positive_ints, check_render_mode
-from vlmrl.errors import ConfigError
+load_torch_compiler_before_software_gl()  # before mujoco loads OSMesa: see its docstring
+
+import gymnasium as gym  # noqa: E402
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+from gymnasium import utils  # noqa: E402
+from gymnasium.envs.mujoco.humanoid_v5 import HumanoidEnv  # noqa: E402
+
+from vlmrl.envs.validation import check_positive_ints, check_render_mode  # noqa: E402
+from vlmrl.errors import ConfigError  # noqa: E402
 
 RENDER_QUALITIES = ("fast", "high")
 

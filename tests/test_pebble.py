@@ -237,3 +237,22 @@ def test_exploration_visits_a_wider_range_of_positions_than_zero_reward() -> Non
         position_std[explore] = float(model.replay_buffer.observations[:steps, 0, 0].std())
 
     assert position_std[True] > 1.4 * position_std[False], position_std
+
+
+def test_the_preference_config_turns_pebble_on() -> None:
+    """``preference.unsupervised_steps`` adds the exploration to SAC's callbacks and delays the
+    first query until it ends; ``sampling`` reaches the learner; PPO is refused."""
+    from vlmrl.errors import ConfigError
+
+    venv = DummyVecEnv([lambda: FrameInInfo(Monitor(gym.make(MOUNTAIN_CAR, episode_length=100)), capture_frames=False)])
+    schedule = OnlinePreferenceConfig(pairs_per_round=40, budget=80, first_round_at=50, round_every=100,
+                                      frame_buffer=1000, unsupervised_steps=200, sampling="disagreement",
+                                      net=RewardEnsembleConfig(kind="mlp", ensemble_size=2), fit=FitConfig(epochs=3))
+    env, callbacks = build_preference_env(venv, OracleTeacher(), "reach the flag", schedule, "sac", device="cpu")
+    (exploration,) = [c for c in callbacks if isinstance(c, StateEntropyExploration)]
+    assert exploration.unsupervised_steps == 200 and env.learner.next_round_at == 200
+    model = small_sac(env, buffer_size=1000)
+    model.learn(400, callback=callbacks)
+    assert exploration.handover_step is not None and exploration.handover_step >= 200 and env.stats.fits >= 1
+    with pytest.raises(ConfigError, match="needs agent.algo: sac"):
+        build_preference_env(venv, OracleTeacher(), "reach the flag", schedule, "ppo", device="cpu")

@@ -253,12 +253,15 @@ def test_async_vlm_run_reports_in_flight_dropped_and_lag_in_summary_and_tensorbo
 
     with OpenAITestServer(model="test-vlm", latency_ms=50) as server:
         code = main(vlm_train_args(tmp_path, server.base_url, "agent.total_timesteps=768", "preference.labeling=async",
-                                   "preference.queue_size=4", "preference.budget=32"))
+                                   "preference.queue_size=4", "preference.budget=32", "labeler.max_concurrency=1"))
     assert code == 0
     run_dir = only_run_dir(tmp_path)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["labeling"] == "async" and summary["pairs_asked"] > 0 and summary["pairs_dropped"] > 0
     assert summary["label_lag_steps_mean"] > 0 and summary["label_wait_seconds"] >= 0
+    # The label store's report: every stored answer of the test server's "VLM" parses.
+    labels = summary["labels"]
+    assert labels["pairs"] > 0 and labels["parse_rate"] == 1.0 and sum(labels["kinds"].values()) == labels["pairs"]
     scalars = tensorboard_scalars(run_dir)
     for tag in ("labels/in_flight", "labels/dropped", "labels/lag_steps", "time/label_seconds"):
         assert tag in scalars, tag

@@ -109,6 +109,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     relabel.add_argument("--device", default="cpu", help="torch device of the labeler (default: cpu; auto on GPUs)")
     relabel.set_defaults(func=run_relabel_bench_command)
 
+    from vlmrl import bench_async
+
+    async_bench = benches.add_parser("async", help=bench_async.HELP, description=bench_async.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench_async.add_arguments(async_bench)  # sets func
+
     main = benches.add_parser(
         "main",
         help="the main job end to end: wall seconds, env steps/s and true return per seed",

@@ -20,6 +20,7 @@ import os
 import sys
 
 from vlmrl.errors import UserError
+from vlmrl.stopping import Stopped
 
 COMMAND_MODULES = (
     "vlmrl.train",
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"vlmrl {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except Stopped as stop:  # SIGTERM / SIGINT, handled where a command can stop cleanly
+        print(f"vlmrl {args.command}: {stop}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         if debug_enabled(args):
             raise

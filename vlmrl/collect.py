@@ -29,6 +29,7 @@ import numpy as np
 from vlmrl.datasets import check_output_dataset, datasets_root
 from vlmrl.errors import UserError
 from vlmrl.locks import OutputLock
+from vlmrl.stopping import StopRequest
 
 TASK_ALIASES = {
     "pendulum": "Pendulum-v1",
@@ -214,8 +215,11 @@ def _collect(task: str, dataset_id: str, episodes: int, policy: Policy | None, p
     rng.shuffle(players)
     writer = MinariWriter(dataset_id, env.observation_space, space, env_spec=env.spec)
     returns = []
+    stop = StopRequest().install()  # SIGTERM / SIGINT: stop between episodes, publish nothing
     try:
         for index in tqdm(range(episodes), desc=f"collect {dataset_id}", unit="ep"):
+            if stop.requested:
+                raise stop.stopped(f"stopped by {stop.name} after {index} of {episodes} episodes; nothing was published")
             episode_seed = int(seed * 1_000_003 + index)
             observation, info = env.reset(seed=episode_seed)
             space.seed(episode_seed)
@@ -272,6 +276,7 @@ def _collect(task: str, dataset_id: str, episodes: int, policy: Policy | None, p
         writer.discard()
         raise
     finally:
+        stop.uninstall()
         env.close()
 
 

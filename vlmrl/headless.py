@@ -24,6 +24,9 @@ def gpu_visible() -> bool:
 
 def configure_headless() -> None:
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    # SDL (pygame, behind Gymnasium's classic-control renderers) otherwise turns SIGTERM and
+    # SIGINT into quit events nobody reads: `kill` would not stop a vlmrl command.
+    os.environ.setdefault("SDL_NO_SIGNAL_HANDLERS", "1")
     if "MUJOCO_GL" not in os.environ:
         os.environ["MUJOCO_GL"] = "egl" if gpu_visible() else "osmesa"
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])

@@ -78,6 +78,9 @@ def run_offline_training(
         (run_dir / "config.json").write_text(json.dumps(_plain(config), indent=2, sort_keys=True))
         results, success = _train_methods(config, dataset, run_dir, methods, seeds, make_env, show_progress)
         write_summary(run_dir, results, seeds, success)
+        from vlmrl.report import write_report
+
+        print(f"report: {write_report(run_dir)}")
     return run_dir
 
 

@@ -77,6 +77,7 @@ from vlmrl.relabel_core import (
     plan_chunks,
     reopenable_source,
 )
+from vlmrl.stopping import StopRequest
 
 
 @dataclass
@@ -226,7 +227,9 @@ def relabel(source_id: str, config: RelabelConfig, out_id: str, show_progress: b
     work = WorkDir(out_id)
     work.claim()
     try:
-        target = _relabel_claimed(source_id, config, out_id, work, show_progress, engine, ray_options, timings)
+        with StopRequest() as stop:  # SIGTERM / SIGINT: stop after the chunk being saved
+            target = _relabel_claimed(source_id, config, out_id, work, show_progress, engine, ray_options, timings,
+                                      stop)
     except BaseException as error:
         _after_failure(work, error, new_store)
         raise
@@ -236,7 +239,7 @@ def relabel(source_id: str, config: RelabelConfig, out_id: str, show_progress: b
 
 
 def _relabel_claimed(source_id: str, config: RelabelConfig, out_id: str, work: WorkDir, show_progress: bool,
-                     engine: str, ray_options: Any, timings: RelabelTimings) -> Path:
+                     engine: str, ray_options: Any, timings: RelabelTimings, stop: StopRequest) -> Path:
     """:func:`relabel` once this process holds the output's work folder."""
     from vlmrl.datasets import dataset_dir, open_dataset, validate_dataset
 
@@ -264,7 +267,8 @@ def _relabel_claimed(source_id: str, config: RelabelConfig, out_id: str, work: W
     elif config.labeler.kind == "reward_model":
         label_info = {"reward_model": config.labeler.path}
 
-    per_frame = _label_all_frames(label_chunks, dataset, config, index, work, out_id, show_progress, engine, timings)
+    per_frame = _label_all_frames(label_chunks, dataset, config, index, work, out_id, show_progress, engine, timings,
+                                  stop)
     publish_started = time.perf_counter()
     target = _publish(dataset, source_id, config, label_info, index, per_frame, out_id, work)
     timings.publish_s = time.perf_counter() - publish_started
@@ -310,7 +314,8 @@ def _engine_for_spec(spec: LabelerSpec, engine: str, ray_options: Any, preflight
 
 
 def _label_all_frames(label_chunks: Any, dataset: Any, config: RelabelConfig, index: FrameIndex, work: WorkDir,
-                      out_id: str, show_progress: bool, engine: str, timings: RelabelTimings) -> np.ndarray:
+                      out_id: str, show_progress: bool, engine: str, timings: RelabelTimings,
+                      stop: StopRequest) -> np.ndarray:
     """Per-frame rewards, chunk by chunk; finished chunks are loaded back, never recomputed."""
     from tqdm import tqdm
 
@@ -333,6 +338,9 @@ def _label_all_frames(label_chunks: Any, dataset: Any, config: RelabelConfig, in
         timings.chunks += 1
         missing.discard(result.chunk)
         bar.update(len(result.rewards))
+        if stop.requested:
+            bar.close()
+            raise stop.stopped(f"stopped by {stop.name} after saving chunk {result.chunk}")
     bar.close()
     if missing:
         raise RuntimeError(f"relabel engine {engine!r} returned no rewards for {len(missing)} chunk(s), e.g. "

@@ -513,22 +513,29 @@ def filmstrip_figure(episode: ScoredEpisode, horizon: int, frames_shown: int = 8
     return figure
 
 
-def offline_results_figure(results: dict[str, list[float]]) -> Any:
+def offline_results_figure(columns: dict[str, dict[str, list[float]]]) -> Any:
+    """Bars of mean +- std over seeds per method, each seed a dot; one panel per measure
+    (``true return``, and ``success rate`` where the env reports success)."""
     plt = _pyplot()
-    names = list(results)
-    means = [float(np.mean(results[m])) for m in names]
-    stds = [float(np.std(results[m])) for m in names]
-    figure, axis = plt.subplots(figsize=(1.4 * len(names) + 3, 3.8))
+    names = list(next(iter(columns.values())))
+    figure, axes = plt.subplots(1, len(columns), figsize=((1.4 * len(names) + 3) * len(columns), 3.8), squeeze=False)
     positions = np.arange(len(names))
-    axis.bar(positions, means, yerr=stds, capsize=6, color=[OKABE_ITO[i % len(OKABE_ITO)] for i in range(len(names))], alpha=0.85)
-    for position, method in zip(positions, names):
-        axis.scatter(np.full(len(results[method]), position), results[method], color="black", s=14, zorder=3,
-                     label="one seed" if position == 0 else None)
-    axis.set_xticks(positions, names)
-    axis.set_xlabel("method")
-    axis.set_ylabel("true return (mean over evaluation episodes)")
-    axis.set_title("mean +- std over seeds")
-    axis.legend(fontsize=8)
+    colours = [OKABE_ITO[i % len(OKABE_ITO)] for i in range(len(names))]
+    for axis, (measure, results) in zip(axes.flat, columns.items()):
+        present = [m for m in names if results.get(m)]
+        means = [float(np.mean(results[m])) if m in present else 0.0 for m in names]
+        stds = [float(np.std(results[m])) if m in present else 0.0 for m in names]
+        axis.bar(positions, means, yerr=stds, capsize=6, color=colours, alpha=0.85)
+        for position, method in zip(positions, names):
+            values = results.get(method, [])
+            axis.scatter(np.full(len(values), position), values, color="black", s=14, zorder=3,
+                         label="one seed" if position == 0 else None)
+        axis.set_xticks(positions, names)
+        axis.set_xlabel("method")
+        axis.set_ylabel(f"{measure} (mean over evaluation episodes)")
+        axis.set_title(f"{measure}: mean +- std over seeds")
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
     figure.tight_layout()
     return figure
 
@@ -581,6 +588,10 @@ def overview_section(data: RunData) -> str:
         rows.append(("true return of the final policy",
                      f"{evaluation['true_return_mean']:.1f} +- {evaluation['true_return_std']:.1f} "
                      f"({evaluation['episodes']} episodes)"))
+    if evaluation.get("success_rate") is not None:
+        rows.append(("success rate of the final policy", _percent(evaluation["success_rate"])))
+    if summary.get("success_rate") is not None:
+        rows.append(("success rate over the training episodes", _percent(summary["success_rate"])))
     status = "finished" if data.summary is not None else "not finished (no summary.json)"
     if data.kind == "offline":
         status = "finished" if (data.path / "results.csv").is_file() else "not finished (no results.csv)"
@@ -801,33 +812,42 @@ def offline_curves_figure(curves: dict[str, dict[str, list[Series]]]) -> Any:
 
 
 def offline_section(data: RunData) -> str:
-    results = read_offline_results(data.path)
+    columns = read_offline_results(data.path)
     curves = offline_loss_curves(data.path)
     losses = ""
     if curves:
         losses = ("<h3>Training losses</h3>" + figure_html(offline_curves_figure(curves), "offline training losses")
                   + _note("Line: mean over seeds; band: min to max."))
-    if not results:
+    if not columns:
         return _note("No results.csv yet: no method has finished for every seed.") + losses
-    table = "".join(
-        f"<tr><th scope='row'>{html.escape(m)}</th><td>{np.mean(v):.2f} +- {np.std(v):.2f}</td><td>{len(v)}</td></tr>"
-        for m, v in results.items()
-    )
-    return (figure_html(offline_results_figure(results), "offline results: true return per method")
-            + f"<table><tr><th>method</th><th>true return (mean +- std over seeds)</th><th>seeds</th></tr>{table}</table>"
+    measures = list(columns)
+    head = "".join(f"<th>{html.escape(m)} (mean +- std over seeds)</th>" for m in measures)
+    rows = []
+    for method, returns in columns["true return"].items():
+        cells = "".join(
+            f"<td>{np.mean(columns[m][method]):.2f} +- {np.std(columns[m][method]):.2f}</td>"
+            if columns[m].get(method) else "<td>n/a</td>" for m in measures
+        )
+        rows.append(f"<tr><th scope='row'>{html.escape(method)}</th>{cells}<td>{len(returns)}</td></tr>")
+    return (figure_html(offline_results_figure(columns), "offline results per method")
+            + f"<table><tr><th>method</th>{head}<th>seeds</th></tr>{''.join(rows)}</table>"
             + _note("iql: IQL on the dataset's (relabelled) rewards; bc: behaviour cloning; "
                     "iql-gt: IQL on the true rewards of the same transitions.") + losses)
 
 
-def read_offline_results(run_dir: Path) -> dict[str, list[float]]:
+def read_offline_results(run_dir: Path) -> dict[str, dict[str, list[float]]]:
+    """``results.csv`` as measure -> method -> one value per seed: ``true return`` always,
+    ``success rate`` where the file has that column (envs that report success)."""
     path = run_dir / "results.csv"
     if not path.is_file():
         return {}
-    results: dict[str, list[float]] = {}
+    columns: dict[str, dict[str, list[float]]] = {"true return": {}}
     with path.open(newline="") as handle:
         for row in csv.DictReader(handle):
-            results.setdefault(row["method"], []).append(float(row["mean_true_return"]))
-    return results
+            columns["true return"].setdefault(row["method"], []).append(float(row["mean_true_return"]))
+            if row.get("success_rate"):
+                columns.setdefault("success rate", {}).setdefault(row["method"], []).append(float(row["success_rate"]))
+    return columns
 
 
 def video_section(data: RunData) -> str:

@@ -95,13 +95,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.resume:
-        from vlmrl.runs import load_run_config
+        from vlmrl.runs import load_run_config, run_dir_lock
 
         run_dir = Path(args.resume)
-        config = load_run_config(run_dir)
-        if args.overrides:
-            config = _resume_overrides(config, args.overrides, run_dir)
-        summary = train_online(config, run_dir, resume=True, progress_bar=not args.no_progress, video=not args.no_video)
+        with run_dir_lock(run_dir):  # a second `vlmrl train` writing the same run stops at once (exit 2)
+            config = load_run_config(run_dir)
+            if args.overrides:
+                config = _resume_overrides(config, args.overrides, run_dir)
+            summary = train_online(config, run_dir, resume=True, progress_bar=not args.no_progress,
+                                   video=not args.no_video)
     else:
         if not args.config:
             raise UserError("give a config file (e.g. configs/cartpole_oracle.yaml) or --resume RUN_DIR")
@@ -112,13 +114,15 @@ def _run(args: argparse.Namespace) -> int:
             seeds = [int(s) for s in args.seeds.split(",") if s] or None
             run_offline_training(args.config, args.overrides, baselines, seeds)
             return 0
-        from vlmrl.runs import create_run_dir
+        from vlmrl.runs import create_run_dir, run_dir_lock
 
         config = load_config(args.config, args.overrides)
         run_dir = create_run_dir(config)
         print(f"run directory: {run_dir}")
         try:
-            summary = train_online(config, run_dir, resume=False, progress_bar=not args.no_progress, video=not args.no_video)
+            with run_dir_lock(run_dir):  # so a --resume of a run still training is refused
+                summary = train_online(config, run_dir, resume=False, progress_bar=not args.no_progress,
+                                       video=not args.no_video)
         except UserError:
             _remove_if_unused(run_dir)
             raise
@@ -212,6 +216,7 @@ def _train_online(
     from stable_baselines3.common.utils import set_random_seed
 
     from vlmrl.agents.sb3_agents import build_agent, load_agent
+    from vlmrl.agents.success import SuccessRateCallback
     from vlmrl.agents.training_callbacks import PeriodicCallback, StopTrainingCallback
     from vlmrl.runs import checkpoint_dir, finish_checkpoint, latest_checkpoint
 
@@ -225,6 +230,8 @@ def _train_online(
         pipeline = _preference_pipeline(config, run_dir, seed, stop)
     else:
         pipeline = _labelled_pipeline(config, seed)
+    success = SuccessRateCallback()  # silent for envs that never report info["success"]
+    pipeline.callbacks.append(success)
     algo = config.agent.algo
     try:
         if resume:
@@ -294,16 +301,36 @@ def _train_online(
         "env_steps": int(model.num_timesteps),
         "train_seconds": round(train_seconds, 2),
         **pipeline.env.summary(),
+        **success.summary(),
+        **_label_store_summary(config, run_dir),
     }
     if config.run.eval_episodes and not stop.requested:
         summary["eval"] = evaluate_policy_true_return(config, model, config.run.eval_episodes)
     if video and config.run.video_episodes and not stop.requested:
         summary["videos"] = [str(p) for p in record("final")]
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if not stop.requested:
+        from vlmrl.report import write_report
+
+        summary["report"] = str(write_report(run_dir))
     if stop.requested:  # after training had finished: the run is complete, only the extras were skipped
         raise stop.stopped(f"stopped by {stop.name} after training finished; the final policy is in "
                            f"{run_dir / 'model.zip'} (evaluation and video skipped)")
     return summary
+
+
+def _label_store_summary(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
+    """A VLM run's answers as ``{"labels": ...}``: parse rate, share of each answer kind and
+    agreement with the scripted teacher per confidence bucket (``vlmrl label-pairs`` prints the same)."""
+    if config.labeler.family != "pair" or not config.labeler.needs_frames:
+        return {}
+    from vlmrl.label_store import LabelStore
+
+    path = Path(config.preference.label_store or run_dir / "labels.sqlite")
+    if not path.is_file():
+        return {}
+    with LabelStore(path, read_only=True) as store:
+        return {"labels": store.summary().as_dict()}
 
 
 def _stop_after_checkpoint(config: ExperimentConfig, run_dir: Path, checkpoint: Path, stop: StopRequest, reward_env: Any) -> None:
@@ -385,8 +412,13 @@ def _preference_pipeline(config: ExperimentConfig, run_dir: Path, seed: int, sto
     if _labels_in_a_process(config):
         from vlmrl.agents.async_labelling import ProcessPairAnswers
 
-        answers = ProcessPairAnswers(config.labeler, labeler, schedule.goal, schedule.queue_size,
-                                     max_consecutive_failures=schedule.max_consecutive_failures, should_stop=stop, seed=seed)
+        try:  # waits for the worker to load the model: a model that cannot load stops the run here
+            answers = ProcessPairAnswers(config.labeler, labeler, schedule.goal, schedule.queue_size,
+                                         max_consecutive_failures=schedule.max_consecutive_failures, should_stop=stop,
+                                         seed=seed)
+        except BaseException:
+            venv.close()
+            raise
     preference_env, callbacks = build_preference_env(
         venv, labeler, schedule.goal, schedule, config.agent.algo, seed=seed, device=config.labeler.device,
         answers=answers, should_stop=stop,
