@@ -372,7 +372,8 @@ class QueuedPairAnswers:
         self.should_stop = should_stop
         self.jobs: dict[int, _Job] = {}
         self._next_job = 0
-        self._ready: list[tuple[np.ndarray, np.ndarray]] = []  # (ids, labels) answered without a query
+        # (ids, labels, p_first, p_second) answered without a query
+        self._ready: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
 
     @property
     def jobs_in_flight(self) -> int:
@@ -394,7 +395,8 @@ class QueuedPairAnswers:
             # Stored and (near-)identical pairs: their labels are in the plan already.
             at_once = accepted & ~queued
             if at_once.any():
-                self._ready.append((query.ids[at_once], plan.labels[at_once]))
+                self._ready.append((query.ids[at_once], plan.labels[at_once], plan.p_first[at_once],
+                                    plan.p_second[at_once]))
         else:
             for i in range(n):
                 accepted[i] = self._offer(_Job(query, None, None, [i]), (query.true_first[i], query.true_second[i]))
@@ -414,22 +416,23 @@ class QueuedPairAnswers:
         In synchronous mode waits until no question is in flight, unless ``should_stop`` or the
         failure streak cuts the wait short (the rest stays in flight).
         """
-        ids: list[np.ndarray] = [ready_ids for ready_ids, _ in self._ready]
-        labels: list[np.ndarray] = [ready_labels for _, ready_labels in self._ready]
+        ids, labels, p_first, p_second = ([ready[k] for ready in self._ready] for k in range(4))
         self._ready = []
         for job_id, outcome in self.worker.drain():
-            self._take(job_id, outcome, ids, labels)
+            self._take(job_id, outcome, ids, labels, p_first, p_second)
         while self.wait and self.jobs and not self._interrupted():
             for job_id, outcome in self.worker.drain(wait_s=POLL_S):
-                self._take(job_id, outcome, ids, labels)
+                self._take(job_id, outcome, ids, labels, p_first, p_second)
         if not ids:
             return None
-        return AnsweredPairs(np.concatenate(ids), np.concatenate(labels).astype(np.float32))
+        return AnsweredPairs(np.concatenate(ids), np.concatenate(labels).astype(np.float32),
+                             np.concatenate(p_first).astype(np.float32), np.concatenate(p_second).astype(np.float32))
 
     def _interrupted(self) -> bool:
         return self.failures.tripped or (self.should_stop is not None and self.should_stop())
 
-    def _take(self, job_id: int, outcome: PairOutcome, ids: list[np.ndarray], labels: list[np.ndarray]) -> None:
+    def _take(self, job_id: int, outcome: PairOutcome, ids: list[np.ndarray], labels: list[np.ndarray],
+              p_first: list[np.ndarray], p_second: list[np.ndarray]) -> None:
         job = self.jobs.pop(job_id)
         indices = np.asarray(job.indices)
         if job.plan is not None:
@@ -437,8 +440,12 @@ class QueuedPairAnswers:
             self.ledger.record(job.plan, job.key, outcome, job.query.first_frames[i], job.query.second_frames[i])
             self.failures.add(outcome)
             label = job.plan.labels[indices]
+            p_first.append(job.plan.p_first[indices])
+            p_second.append(job.plan.p_second[indices])
         else:
             label = np.full(len(indices), outcome.label, dtype=np.float32)
+            p_first.append(np.full(len(indices), np.nan, dtype=np.float32))
+            p_second.append(np.full(len(indices), np.nan, dtype=np.float32))
         ids.append(job.query.ids[indices])
         labels.append(label)
 

@@ -65,7 +65,7 @@ from PIL import Image
 from vlmrl.agents.preference_config import OnlinePreferenceConfig
 from vlmrl.agents.query_sampling import select_pairs
 from vlmrl.devices import one_thread_for_small_batches
-from vlmrl.reward_learning import FitResult, fit_bradley_terry
+from vlmrl.reward_learning import FitResult, fit_bradley_terry, preference_fit_labels
 from vlmrl.reward_nets import RewardModel
 
 # Vector steps of the ring buffer whose predictions set the reward normalisation after a fit.
@@ -188,27 +188,43 @@ class PairDataset:
         self.labels = np.zeros(0, dtype=np.float32)
         self.true_first = np.zeros(0, dtype=np.float64)
         self.true_second = np.zeros(0, dtype=np.float64)
+        # The answers' probabilities (NaN where unknown), for preference.label_confidence.
+        self.p_first = np.zeros(0, dtype=np.float32)
+        self.p_second = np.zeros(0, dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def add(self, first: np.ndarray, second: np.ndarray, labels: np.ndarray, true_first: np.ndarray, true_second: np.ndarray) -> None:
+    def add(self, first: np.ndarray, second: np.ndarray, labels: np.ndarray, true_first: np.ndarray,
+            true_second: np.ndarray, p_first: np.ndarray | None = None, p_second: np.ndarray | None = None) -> None:
+        unknown = np.full(len(labels), np.nan, dtype=np.float32)
         self.first = first.copy() if self.first is None else np.concatenate([self.first, first])
         self.second = second.copy() if self.second is None else np.concatenate([self.second, second])
         self.labels = np.concatenate([self.labels, labels.astype(np.float32)])
         self.true_first = np.concatenate([self.true_first, true_first])
         self.true_second = np.concatenate([self.true_second, true_second])
+        self.p_first = np.concatenate([self.p_first, unknown if p_first is None else p_first.astype(np.float32)])
+        self.p_second = np.concatenate([self.p_second, unknown if p_second is None else p_second.astype(np.float32)])
+
+    def fit_labels(self, mode: str, min_confidence: float) -> np.ndarray:
+        """The labels to fit: as answered (``hard``, no threshold: unchanged, bit for bit), or
+        through :func:`~vlmrl.reward_learning.preference_fit_labels` (soft / thresholded)."""
+        if mode == "hard" and min_confidence <= 0:
+            return self.labels
+        return preference_fit_labels(self.labels, self.p_first, self.p_second, mode=mode, min_confidence=min_confidence)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         if self.first is None:
             return {}
         return {"first": self.first, "second": self.second, "labels": self.labels,
-                "true_first": self.true_first, "true_second": self.true_second}
+                "true_first": self.true_first, "true_second": self.true_second,
+                "p_first": self.p_first, "p_second": self.p_second}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         self.__init__()
         if state:
-            self.add(state["first"], state["second"], state["labels"], state["true_first"], state["true_second"])
+            self.add(state["first"], state["second"], state["labels"], state["true_first"], state["true_second"],
+                     state.get("p_first"), state.get("p_second"))
 
 
 @dataclass
@@ -292,10 +308,14 @@ class AnsweredPairs:
     Attributes:
         ids: int64 ``[k]`` ids (:attr:`PairQuery.ids`) of the pairs answered.
         labels: float32 ``[k]``: 1.0 first preferred, 0.0 second, 0.5 tie, NaN none.
+        p_first, p_second: float32 ``[k]`` the VLM's P(image 1 better) / P(image 2 better)
+            (``answer_mode: logprobs``), NaN where unknown; None = all unknown.
     """
 
     ids: np.ndarray
     labels: np.ndarray
+    p_first: np.ndarray | None = None
+    p_second: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -514,11 +534,15 @@ class PreferenceLearner:
 
     def _take_answers(self, answered: AnsweredPairs | np.ndarray, env_steps: int) -> None:
         """Attach each label to the pair with its id, round by round (pairs in id order)."""
+        p_first = p_second = None
         if isinstance(answered, AnsweredPairs):
             ids = np.asarray(answered.ids, dtype=np.int64).reshape(-1)
             labels = np.asarray(answered.labels, dtype=np.float32).reshape(-1)
             if labels.shape != ids.shape:
                 raise RuntimeError(f"answers carry {len(labels)} labels for {len(ids)} pair ids")
+            if answered.p_first is not None and answered.p_second is not None:
+                p_first = np.asarray(answered.p_first, dtype=np.float32).reshape(-1)
+                p_second = np.asarray(answered.p_second, dtype=np.float32).reshape(-1)
         else:  # round-level: labels of every pair in flight, in submit order
             ids = np.concatenate([flying.query.ids[flying.waiting] for flying in self.rounds_in_flight])
             labels = np.asarray(answered, dtype=np.float32)
@@ -526,6 +550,8 @@ class PreferenceLearner:
                 raise RuntimeError(f"labeler returned labels of shape {labels.shape} for {len(ids)} pairs")
         order = np.argsort(ids, kind="stable")
         ids, labels = ids[order], labels[order]
+        if p_first is not None:
+            p_first, p_second = p_first[order], p_second[order]
         taken = 0
         for flying in list(self.rounds_in_flight):
             mine = (ids >= flying.first_id) & (ids < flying.first_id + len(flying.query))
@@ -537,7 +563,8 @@ class PreferenceLearner:
             flying.waiting[index] = False
             query = flying.query
             self.pairs.add(query.first_inputs[index], query.second_inputs[index], labels[mine],
-                           query.true_first[index], query.true_second[index])
+                           query.true_first[index], query.true_second[index],
+                           None if p_first is None else p_first[mine], None if p_second is None else p_second[mine])
             self._count(labels[mine], query.true_first[index], query.true_second[index])
             lag = env_steps - flying.submitted_at
             self.stats.lag_steps_sum += lag * len(index)
@@ -579,7 +606,7 @@ class PreferenceLearner:
             self.reward_model,
             self.pairs.first,
             self.pairs.second,
-            self.pairs.labels,
+            self.pairs.fit_labels(self.config.label_confidence, self.config.min_confidence),
             epochs=self.config.fit.epochs,
             batch_size=self.config.fit.batch_size,
             lr=self.config.fit.lr,

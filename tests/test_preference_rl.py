@@ -311,7 +311,7 @@ def test_round_component_state_round_trip_continues_identically(tmp_path):
     assert feed(learner, steps[:30]) == [15]  # first_round_at 30 env steps = vector step 15
     state = learner.state_dict()
     # JSON-able apart from the pairs' arrays.
-    assert set(state["pairs"]) == {"first", "second", "labels", "true_first", "true_second"}
+    assert set(state["pairs"]) == {"first", "second", "labels", "true_first", "true_second", "p_first", "p_second"}
     json.dumps({key: value for key, value in state.items() if key != "pairs"})
 
     learner.reward_model.save(tmp_path / "net")  # the wrapper saves the net beside the state

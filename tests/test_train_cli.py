@@ -298,3 +298,30 @@ def test_async_per_frame_labels_train_with_the_distilled_net_rewarding_every_ste
     scalars = tensorboard_scalars(run_dir)
     for tag in ("labeler/in_flight", "labeler/dropped", "labeler/lag_steps", "net/fits"):
         assert tag in scalars, tag
+
+
+def test_online_fit_uses_the_answers_probabilities(tmp_path):
+    """answer_mode: logprobs stores P(image 1), P(image 2) beside each label; the online learner
+    keeps them with the pairs, and label_confidence: soft / min_confidence change what it fits."""
+    from openai_test_server import OpenAITestServer
+
+    with OpenAITestServer(model="test-vlm") as server:
+        code = main(vlm_train_args(tmp_path, server.base_url, "agent.total_timesteps=768", "preference.budget=16",
+                                   "labeler.answer_mode=logprobs", "preference.label_confidence=soft",
+                                   "preference.min_confidence=0.6", "run.checkpoint_every=512"))
+    assert code == 0
+    run_dir = only_run_dir(tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["labels"]["with_probabilities"] > 0
+    from vlmrl.runs import latest_checkpoint
+
+    with np.load(latest_checkpoint(run_dir) / "preference_pairs.npz") as pairs:
+        p_first, p_second, labels = (pairs[f"learner.pairs.{name}"] for name in ("p_first", "p_second", "labels"))
+    known = np.isfinite(p_first) & np.isfinite(labels)
+    assert known.any()
+    from vlmrl.reward_learning import preference_fit_labels
+
+    fitted = preference_fit_labels(labels, p_first, p_second, mode="soft", min_confidence=0.6)
+    confident = known & (np.maximum(p_first, p_second) >= 0.6)
+    np.testing.assert_allclose(fitted[confident], (p_first / (p_first + p_second))[confident], rtol=1e-5)
+    assert np.isnan(fitted[known & ~confident]).all()
