@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
-
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
+
+from env_checks import check_env_warnings
 
 import vlmrl.envs as envs
 from vlmrl.errors import ConfigError
@@ -46,14 +45,7 @@ def test_all_ids_registered():
 
 @pytest.mark.parametrize("env_id", envs.ENV_IDS)
 def test_check_env_passes_without_warnings(env_id):
-    env = make(env_id, **SMALL)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        check_env(env.unwrapped)
-        check_env(env)
-    env.close()
-    unexpected = [str(w.message) for w in caught if not any(b in str(w.message) for b in BENIGN_WARNINGS)]
-    assert unexpected == []
+    assert check_env_warnings(make(env_id, **SMALL), BENIGN_WARNINGS) == []
 
 
 @pytest.mark.parametrize("env_id", envs.ENV_IDS)

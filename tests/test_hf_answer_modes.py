@@ -18,7 +18,6 @@ from vlmrl.reward_labelers.vlm_config import HFConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_hf_preference import GOAL, frame_pairs, rows_by_pair  # noqa: E402
-from tiny_vlm import build_tiny_qwen2_vl  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -28,17 +27,6 @@ TEXT_CONFIG_SHA256 = {
     True: "775c886a4bf8172588e227918a44c6bcc8891de5563f942770bad08ac4c9899c",
     False: "5e5683504064b3d58ee83a67a1541d43dc004fdc85979ac2dd2bf427d028becb",
 }
-
-
-@pytest.fixture(scope="module")
-def random_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_qwen2_vl(tmp_path_factory.mktemp("random-qwen2-vl"))
-
-
-@pytest.fixture(scope="module", params=["0", "1"])
-def scripted_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    path = build_tiny_qwen2_vl(tmp_path_factory.mktemp(f"replies-{request.param}"), scripted_reply=request.param)
-    return path, request.param
 
 
 def logprobs_labeler(model: Path, **kwargs) -> HFPreferenceLabeler:

@@ -31,23 +31,11 @@ from vlmrl.reward_labelers.preference import PairOutcome
 from vlmrl.reward_labelers.prompts import ANALYSIS_PROMPT, parse_answer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_vlm import build_tiny_qwen2_vl  # noqa: E402
 
 GOAL = "to balance the brown pole on the black cart to be upright"
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def random_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_qwen2_vl(tmp_path_factory.mktemp("random-qwen2-vl"))
-
-
-@pytest.fixture(scope="module", params=["0", "1"])
-def scripted_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    path = build_tiny_qwen2_vl(tmp_path_factory.mktemp(f"replies-{request.param}"), scripted_reply=request.param)
-    return path, request.param
 
 
 def cpu_labeler(model: Path, **kwargs) -> HFPreferenceLabeler:

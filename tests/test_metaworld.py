@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import warnings
 
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
+
+from env_checks import check_env_warnings
 
 import vlmrl.envs as envs
 from vlmrl.envs.env_config import EnvConfig
@@ -61,14 +61,7 @@ def test_goal_texts_are_rlvlmf_s():
 
 @pytest.mark.parametrize("task", RLVLMF_TASKS)
 def test_check_env_passes(task):
-    env = make(task, render_width=64, render_height=64)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        check_env(env.unwrapped)
-        check_env(env)
-    env.close()
-    unexpected = [str(w.message) for w in caught if not any(b in str(w.message) for b in BENIGN_WARNINGS)]
-    assert unexpected == []
+    assert check_env_warnings(make(task, render_width=64, render_height=64), BENIGN_WARNINGS) == []
 
 
 def test_frames_are_upright_uint8_of_the_requested_size():
