@@ -115,6 +115,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     bench_async.add_arguments(async_bench)  # sets func
 
+    from vlmrl import bench_pebble
+
+    pebble = benches.add_parser("pebble", help=bench_pebble.HELP, description=bench_pebble.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench_pebble.add_arguments(pebble)  # sets func
+
     main = benches.add_parser(
         "main",
         help="the main job end to end: wall seconds, env steps/s and true return per seed",
