@@ -370,3 +370,22 @@ def test_humanoid_left_open_exits_without_a_traceback(keep_alive):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("env_id", ["vlmrl/HumanoidTextured-v0", "vlmrl/MetaWorldDrawerOpen-v0"])
+def test_sac_builds_after_a_software_rendered_mujoco_env(env_id):
+    """MuJoCo's OSMesa loaded before Triton used to segfault the process when SAC built its
+    optimiser (vlmrl.headless.load_torch_compiler_before_software_gl); a fresh process each."""
+    import subprocess
+    import sys
+
+    script = (
+        "import gymnasium as gym, vlmrl\n"
+        f"env = gym.make({env_id!r}, render_mode='rgb_array', render_width=64, render_height=64)\n"
+        "env.reset(seed=0); env.render()\n"
+        "from stable_baselines3 import SAC\n"
+        "SAC('MlpPolicy', env, buffer_size=100, device='cpu')\n"
+        "env.close(); print('built')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("built"), (done.returncode, done.stderr[-2000:])

@@ -32,7 +32,6 @@ def configure_headless() -> None:
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
 
-
 @functools.cache
 def load_torch_compiler_before_software_gl() -> None:
     """Import ``torch._dynamo`` before ``import mujoco`` (once per process; MuJoCo env modules call it).
@@ -41,8 +40,8 @@ def load_torch_compiler_before_software_gl() -> None:
     ``torch._dynamo`` loads the first time a torch optimiser is built, e.g. by SB3's SAC) each
     bring their own LLVM. With mujoco (and so OSMesa) loaded first the process segfaults inside
     ``libtriton.so`` (measured here with mujoco 3.3.0, torch 2.14.1, Mesa OSMesa: a Humanoid or
-    Meta-World env made, then ``SAC(...)``); with Triton loaded first, both work. Costs about a second, and only where
-    software rendering is possible; without torch it does nothing.
+    Meta-World env made, then ``SAC(...)``); with Triton loaded first, both work. Costs about a
+    second, and only where software rendering is possible; without torch it does nothing.
     """
     if os.environ.get("MUJOCO_GL") not in ("osmesa", "egl"):
         return
