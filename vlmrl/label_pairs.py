@@ -240,20 +240,17 @@ def draw_grid(rows, path: Path, n: int) -> int:
     return len(pairs)
 
 
-SQLITE_HEADER = b"SQLite format 3\x00"
-
-
 def check_store_file(path: Path) -> None:
     """A label store to inspect: an existing, non-empty SQLite file (UserError saying what it is otherwise)."""
     from vlmrl.errors import UserError
+    from vlmrl.label_store import SQLITE_HEADER, file_header
 
     if path.is_dir():
         raise UserError(f"{path} is a folder; give the label store file (e.g. RUN_DIR/labels.sqlite)")
     if not path.exists():
         raise UserError(f"no label store at {path} (no such file)")
     try:
-        with path.open("rb") as file:
-            header = file.read(len(SQLITE_HEADER))
+        header = file_header(path)
     except OSError as error:
         raise UserError(f"cannot read the label store {path}: {error.strerror}") from None
     if not header:

@@ -480,6 +480,17 @@ class LabelStore:
             return self._conn.execute("PRAGMA integrity_check").fetchone()[0]
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+"""The first 16 bytes of every SQLite database file."""
+
+
+def file_header(path: Path) -> bytes:
+    """The first ``len(SQLITE_HEADER)`` bytes of ``path`` (fewer for a shorter file); OSError if unreadable.
+    Compared with :data:`SQLITE_HEADER`, it tells a label store from any other file without opening it."""
+    with Path(path).open("rb") as file:
+        return file.read(len(SQLITE_HEADER))
+
+
 def _connect_read_only(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
     """Open ``path`` without writing anything. A WAL database normally needs its ``-shm`` file
     beside it; where the folder or file is read-only (an archived run), fall back to SQLite's

@@ -29,9 +29,6 @@ def default_label_store() -> Path:
     return datasets_root() / ".label_stores" / "labels.sqlite"
 
 
-SQLITE_HEADER = b"SQLite format 3\x00"
-
-
 def check_label_store(path: Path) -> None:
     """Before any pair is labelled: ``preference.label_store`` must be a SQLite file (or an empty
     or missing one) in a folder this process can write (SQLite writes side files beside it).
@@ -39,6 +36,7 @@ def check_label_store(path: Path) -> None:
     Raises:
         UserError: naming the file and what is wrong with it.
     """
+    from vlmrl.label_store import SQLITE_HEADER, file_header
     from vlmrl.locks import check_writable_dir
 
     where = f"preference.label_store: {path}"
@@ -46,8 +44,7 @@ def check_label_store(path: Path) -> None:
         raise UserError(f"{where} is a folder, not a SQLite label store file")
     if path.exists():
         try:
-            with path.open("rb") as file:
-                header = file.read(len(SQLITE_HEADER))
+            header = file_header(path)
         except OSError as error:
             raise UserError(f"{where}: cannot read it ({error.strerror})") from error
         if header and header != SQLITE_HEADER:
