@@ -70,6 +70,7 @@ from vlmrl.relabel_core import (
     ChunkPlan,
     FrameIndex,
     LabelerSpec,
+    atomic_write_bytes,
     build_frame_index,
     build_labeler_state,
     check_labeler_loads,
@@ -146,7 +147,7 @@ class WorkDir:
         try:
             (self.path / "chunks").mkdir(parents=True, exist_ok=True)
             if not stamp.is_file():
-                _atomic_write_bytes(stamp, fingerprint.encode())
+                atomic_write_bytes(stamp, fingerprint.encode())
         except OSError as error:
             raise UserError(f"cannot write the relabel work folder {self.path} ({error.strerror})") from error
         return len(list((self.path / "chunks").glob("chunk_*.npy")))
@@ -473,12 +474,6 @@ def _env_spec(dataset: Any) -> Any:
         return EnvSpec.from_json(spec)
     except Exception:  # a spec from another Gymnasium version: keep the spaces, drop the spec
         return None
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 # -- CLI -----------------------------------------------------------------------------------------

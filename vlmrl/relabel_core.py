@@ -9,6 +9,7 @@ files: the driver (``vlmrl.relabel``) is the only writer.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -246,6 +247,13 @@ class ChunkResult:
     rewards: np.ndarray
     read_s: float
     label_s: float
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``path`` so a reader (or a resumed relabel) sees the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def reopenable_source(dataset: Any) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 
 from vlmrl.config import RelabelConfig
 from vlmrl.errors import UserError
-from vlmrl.relabel_core import FrameIndex, LabelerSpec, sample_pairs
+from vlmrl.relabel_core import FrameIndex, LabelerSpec, atomic_write_bytes, sample_pairs
 
 MODEL_NAME = "reward_model"
 SUMMARY_NAME = "labels.json"
@@ -137,7 +137,7 @@ def fit_preference_model(dataset: Any, config: RelabelConfig, index: FrameIndex,
     metrics = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in fit.metrics().items()
                if "second" not in k}
     info = {"label_store": str(store_path.resolve()), "counts": counts, "reward_fit": metrics}
-    _atomic_write_bytes(summary_path, json.dumps(info, sort_keys=True).encode())
+    atomic_write_bytes(summary_path, json.dumps(info, sort_keys=True).encode())
     return LabelerSpec.for_reward_model(model_path, inputs, device), info
 
 
@@ -148,8 +148,3 @@ def _compare(labeler: Any, first: Any, second: Any, goal: str, true: tuple) -> t
     labels = np.asarray(labeler.compare(first, second, goal, true_rewards=true), dtype=np.float32)
     return labels, np.full_like(labels, np.nan), np.full_like(labels, np.nan)
 
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
