@@ -277,10 +277,7 @@ class LabelledRewardVecEnv(RewardVecEnvWrapper):
             self.reward_model,
             frames,
             labels,
-            epochs=self.schedule.fit.epochs,
-            batch_size=self.schedule.fit.batch_size,
-            lr=self.schedule.fit.lr,
-            heldout_fraction=self.schedule.fit.heldout_fraction,
+            self.schedule.fit,
             seed=self.fit_seed + self.stats.net_fits,
         )
         self.stats.net_fits += 1

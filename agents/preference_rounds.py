@@ -607,10 +607,7 @@ class PreferenceLearner:
             self.pairs.first,
             self.pairs.second,
             self.pairs.fit_labels(self.config.label_confidence, self.config.min_confidence),
-            epochs=self.config.fit.epochs,
-            batch_size=self.config.fit.batch_size,
-            lr=self.config.fit.lr,
-            heldout_fraction=self.config.fit.heldout_fraction,
+            self.config.fit,
             seed=self.fit_seed + self.stats.fits,
         )
         self.stats.fits += 1

@@ -37,20 +37,15 @@ import numpy as np
 
 from vlmrl.devices import resolve_device
 from vlmrl.errors import MissingWeightsError, UserError
-from vlmrl.label_store import UNPARSEABLE, LabelStore
-from vlmrl.reward_labelers.preference import (
-    DEFAULT_IDENTICAL_THRESHOLD,
-    PairOutcome,
-    PreferenceLabeler,
-    outcome_from_answer,
-    outcome_from_probabilities,
-)
+from vlmrl.label_store import LabelStore
+from vlmrl.reward_labelers.preference import DEFAULT_IDENTICAL_THRESHOLD, PairOutcome, PreferenceLabeler, query_outcome
 from vlmrl.reward_labelers.prompts import (
     ANALYSIS_PROMPT,
     ANSWER_CHOICES,
     LABELLING_PROMPT,
     SINGLE_STAGE_PROMPT,
-    prompt_key_fields,
+    QueryPrompts,
+    vision_content_parts,
 )
 
 if TYPE_CHECKING:
@@ -66,22 +61,10 @@ def vision_message(template: str, goal: str) -> list[dict[str, Any]]:
     """One user message for a prompt with ``{image1}``/``{image2}`` placeholders.
 
     Content parts in prompt order: text, ``{"type": "image"}``, text, ``{"type": "image"}``,
-    text. The processor fills the image slots with the frames, first frame first. ``{goal}`` is
-    substituted by plain replacement, so braces inside a goal are harmless.
+    text (see ``prompts.vision_content_parts``). The processor fills the image slots with the
+    frames, first frame first.
     """
-    text = template.replace("{goal}", goal)
-    if text.count("{image1}") != 1 or text.count("{image2}") != 1:
-        raise ValueError("a vision prompt must contain {image1} and {image2} exactly once each")
-    before, rest = text.split("{image1}")
-    middle, after = rest.split("{image2}")
-    parts: list[dict[str, Any]] = []
-    for piece in (before, middle):
-        if piece.strip():
-            parts.append({"type": "text", "text": piece})
-        parts.append({"type": "image"})
-    if after.strip():
-        parts.append({"type": "text", "text": after})
-    return [{"role": "user", "content": parts}]
+    return [{"role": "user", "content": vision_content_parts(template, goal, {"type": "image"}, {"type": "image"})}]
 
 
 def text_message(text: str) -> list[dict[str, Any]]:
@@ -279,14 +262,22 @@ def hf_labeler_config(
     """
     if answer_mode not in HF_ANSWER_MODES:
         raise ValueError(f"answer_mode must be one of {HF_ANSWER_MODES}, got {answer_mode!r}")
+    prompts = QueryPrompts(two_stage, analysis_prompt, labelling_prompt, single_stage_prompt)
+    return _store_key_config(model, prompts, max_new_tokens, answer_max_new_tokens, answer_mode)
+
+
+def _store_key_config(
+    model: str, prompts: QueryPrompts, max_new_tokens: int, answer_max_new_tokens: int, answer_mode: str
+) -> dict[str, Any]:
+    """:func:`hf_labeler_config` for arguments already checked (the labeler's own)."""
     config: dict[str, Any] = {
         "labeler": "hf-transformers",
         "model": model,
         "decoding": "greedy",
         "answer_max_new_tokens": answer_max_new_tokens,
-        **prompt_key_fields(two_stage, analysis_prompt, labelling_prompt, single_stage_prompt),
+        **prompts.key_fields(),
     }
-    if two_stage:
+    if prompts.two_stage:
         config["max_new_tokens"] = max_new_tokens
     if answer_mode == "logprobs":
         del config["answer_max_new_tokens"]
@@ -336,6 +327,7 @@ class HFPreferenceLabeler(PreferenceLabeler):
         identical_threshold: see ``PreferenceLabeler``.
         thumbnail_size: see ``PreferenceLabeler``.
 
+    ``prompts`` is the question asked (:class:`~vlmrl.reward_labelers.prompts.QueryPrompts`).
     ``stats.requests`` counts model turns (2 per pair in two-stage mode, 1 in single-stage).
     ``batches`` records the size of every model call (``generate`` or, in ``logprobs`` mode, the
     answer turn's forward pass).
@@ -369,14 +361,8 @@ class HFPreferenceLabeler(PreferenceLabeler):
             raise ValueError("max_new_tokens, answer_max_new_tokens and batch_size must be >= 1; batch_wait_s >= 0")
         if answer_mode not in HF_ANSWER_MODES:
             raise ValueError(f"answer_mode must be one of {HF_ANSWER_MODES}, got {answer_mode!r}")
-        for name, template, needed in (
-            ("analysis_prompt", analysis_prompt, ("{image1}", "{image2}", "{goal}")),
-            ("labelling_prompt", labelling_prompt, ("{analysis}",)),
-            ("single_stage_prompt", single_stage_prompt, ("{image1}", "{image2}", "{goal}")),
-        ):
-            missing = [p for p in needed if p not in template]
-            if missing:
-                raise ValueError(f"{name} lacks the placeholder(s) {', '.join(missing)}")
+        # Checked before loading: a broken template fails at once, not after a model load.
+        self.prompts = QueryPrompts(two_stage, analysis_prompt, labelling_prompt, single_stage_prompt)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.processor, self.model = load_vlm(model, self.device, self.dtype, cache_dir)
@@ -384,14 +370,10 @@ class HFPreferenceLabeler(PreferenceLabeler):
         # One worker thread per batch slot: the batcher turns their single-pair asks into batches.
         super().__init__(store, batch_size, identical_threshold, thumbnail_size)
         self.model_name = model
-        self.two_stage = bool(two_stage)
         self.answer_mode = answer_mode
         self.max_new_tokens = int(max_new_tokens)
         self.answer_max_new_tokens = int(answer_max_new_tokens)
         self.batch_size = int(batch_size)
-        self.analysis_prompt = analysis_prompt
-        self.labelling_prompt = labelling_prompt
-        self.single_stage_prompt = single_stage_prompt
         # Decoder-only batches must be padded on the left so every row's answer starts at the end.
         self.processor.tokenizer.padding_side = "left"
         if self.processor.tokenizer.pad_token_id is None:
@@ -403,7 +385,7 @@ class HFPreferenceLabeler(PreferenceLabeler):
         self._batcher = _PairBatcher(self._run_jobs, self.batch_size, float(batch_wait_s))
 
     def __repr__(self) -> str:
-        mode = "two-stage" if self.two_stage else "single-stage"
+        mode = self.prompts.mode
         if self.answer_mode != "text":
             mode += f", answer_mode={self.answer_mode!r}"
         return (
@@ -413,8 +395,7 @@ class HFPreferenceLabeler(PreferenceLabeler):
 
     @property
     def config(self) -> Mapping[str, Any]:
-        return hf_labeler_config(self.model_name, self.two_stage, self.max_new_tokens, self.answer_max_new_tokens,
-                                 self.analysis_prompt, self.labelling_prompt, self.single_stage_prompt,
+        return _store_key_config(self.model_name, self.prompts, self.max_new_tokens, self.answer_max_new_tokens,
                                  self.answer_mode)
 
     def ask(self, first: np.ndarray, second: np.ndarray, goal: str) -> PairOutcome:
@@ -424,13 +405,8 @@ class HFPreferenceLabeler(PreferenceLabeler):
         raw = self._query_pairs([j.first for j in jobs], [j.second for j in jobs], [j.goal for j in jobs])
         outcomes = []
         for analysis, answer, probabilities in raw:
-            turns = 2 if self.two_stage and answer is not None else 1
-            if answer is None:  # two-stage with an empty analysis: nothing to label from
-                outcomes.append(PairOutcome(UNPARSEABLE, analysis=analysis, error="empty analysis", requests=turns))
-            elif probabilities is not None:
-                outcomes.append(outcome_from_probabilities(*probabilities, answer, analysis, turns))
-            else:
-                outcomes.append(outcome_from_answer(answer, analysis, turns))
+            turns = 2 if self.prompts.two_stage and answer is not None else 1
+            outcomes.append(query_outcome(analysis, answer, turns, probabilities))
         return outcomes
 
     def _query_pairs(
@@ -452,22 +428,18 @@ class HFPreferenceLabeler(PreferenceLabeler):
         from PIL import Image
 
         images = [[Image.fromarray(a), Image.fromarray(b)] for a, b in zip(first, second)]
-        if not self.two_stage:
-            messages = [vision_message(self.single_stage_prompt, goal) for goal in goals]
+        messages = [vision_message(self.prompts.vision_template, goal) for goal in goals]
+        if not self.prompts.two_stage:
             return self._answer(messages, images)
 
-        messages = [vision_message(self.analysis_prompt, goal) for goal in goals]
         analyses = self._generate(messages, images, self.max_new_tokens)
         to_label = [i for i, analysis in enumerate(analyses) if analysis.strip()]
         results: list[tuple[str | None, str | None, tuple[float, float, float] | None]] = [
             (analysis, None, None) for analysis in analyses
         ]
         if to_label:
-            prompts = [
-                text_message(self.labelling_prompt.replace("{goal}", goals[i]).replace("{analysis}", analyses[i]))
-                for i in to_label
-            ]
-            for i, (_, answer, probabilities) in zip(to_label, self._answer(prompts, None)):
+            questions = [text_message(self.prompts.labelling_question(goals[i], analyses[i])) for i in to_label]
+            for i, (_, answer, probabilities) in zip(to_label, self._answer(questions, None)):
                 results[i] = (analyses[i], answer, probabilities)
         return results
 

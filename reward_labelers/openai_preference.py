@@ -56,22 +56,17 @@ from typing import Any
 import numpy as np
 
 from vlmrl.errors import UserError
-from vlmrl.label_store import FAILED, UNPARSEABLE, LabelStore, encode_png
-from vlmrl.reward_labelers.preference import (
-    DEFAULT_IDENTICAL_THRESHOLD,
-    PairOutcome,
-    PreferenceLabeler,
-    outcome_from_answer,
-    outcome_from_probabilities,
-)
+from vlmrl.label_store import FAILED, LabelStore, encode_png
+from vlmrl.reward_labelers.preference import DEFAULT_IDENTICAL_THRESHOLD, PairOutcome, PreferenceLabeler, query_outcome
 from vlmrl.reward_labelers.prompts import (
     ANALYSIS_PROMPT,
     ANSWER_CHOICES,
     LABELLING_PROMPT,
     SINGLE_STAGE_PROMPT,
     AnswerKind,
+    QueryPrompts,
     answer_token_kind,
-    prompt_key_fields,
+    vision_content_parts,
 )
 
 logger = logging.getLogger(__name__)
@@ -142,23 +137,9 @@ def image_part(frame: np.ndarray) -> dict[str, Any]:
 
 
 def vision_content(template: str, goal: str, first: np.ndarray, second: np.ndarray) -> list[dict[str, Any]]:
-    """Content parts for a prompt with ``{image1}``/``{image2}`` placeholders: text, image, text...
-
-    ``{goal}`` is substituted by plain replacement, so braces inside a goal are harmless.
-    """
-    text = template.replace("{goal}", goal)
-    if text.count("{image1}") != 1 or text.count("{image2}") != 1:
-        raise ValueError("a vision prompt must contain {image1} and {image2} exactly once each")
-    before, rest = text.split("{image1}")
-    middle, after = rest.split("{image2}")
-    parts: list[dict[str, Any]] = []
-    for piece, frame in ((before, first), (middle, second)):
-        if piece.strip():
-            parts.append({"type": "text", "text": piece})
-        parts.append(image_part(frame))
-    if after.strip():
-        parts.append({"type": "text", "text": after})
-    return parts
+    """Content parts for a prompt with ``{image1}``/``{image2}`` placeholders, the frames as PNG
+    data URLs (see ``prompts.vision_content_parts``)."""
+    return vision_content_parts(template, goal, image_part(first), image_part(second))
 
 
 class OpenAIPreferenceLabeler(PreferenceLabeler):
@@ -187,6 +168,7 @@ class OpenAIPreferenceLabeler(PreferenceLabeler):
         identical_threshold: see ``PreferenceLabeler``.
         thumbnail_size: see ``PreferenceLabeler``.
 
+    ``prompts`` is the question asked (:class:`~vlmrl.reward_labelers.prompts.QueryPrompts`).
     ``answer_mode`` is the mode in use: ``constrained`` becomes ``text`` once the server rejects
     the constraint (``requested_answer_mode`` keeps what was asked for). It is part of ``config``
     (the store key) only when it is not ``text``, so text-mode stores keep their keys.
@@ -219,25 +201,14 @@ class OpenAIPreferenceLabeler(PreferenceLabeler):
             raise ValueError("timeout_s must be > 0; max_retries, backoff_base_s, backoff_max_s >= 0")
         if answer_mode not in ANSWER_MODES:
             raise ValueError(f"answer_mode must be one of {ANSWER_MODES}, got {answer_mode!r}")
-        for name, template, needed in (
-            ("analysis_prompt", analysis_prompt, ("{image1}", "{image2}", "{goal}")),
-            ("labelling_prompt", labelling_prompt, ("{analysis}",)),
-            ("single_stage_prompt", single_stage_prompt, ("{image1}", "{image2}", "{goal}")),
-        ):
-            missing = [p for p in needed if p not in template]
-            if missing:
-                raise ValueError(f"{name} lacks the placeholder(s) {', '.join(missing)}")
+        self.prompts = QueryPrompts(two_stage, analysis_prompt, labelling_prompt, single_stage_prompt)
         super().__init__(store, max_concurrency, identical_threshold, thumbnail_size)
         self.base_url = base_url.rstrip("/")
         self.url = f"{self.base_url}/chat/completions"
         self.model = model
         self.api_key_env = api_key_env
-        self.two_stage = bool(two_stage)
         self.requested_answer_mode = answer_mode
         self.answer_mode = answer_mode
-        self.analysis_prompt = analysis_prompt
-        self.labelling_prompt = labelling_prompt
-        self.single_stage_prompt = single_stage_prompt
         self.timeout_s = float(timeout_s)
         self.max_retries = int(max_retries)
         self.backoff_base_s = float(backoff_base_s)
@@ -249,10 +220,9 @@ class OpenAIPreferenceLabeler(PreferenceLabeler):
         self._warned_no_logprobs = False
 
     def __repr__(self) -> str:
-        mode = "two-stage" if self.two_stage else "single-stage"
         answers = "" if self.answer_mode == "text" else f", answer_mode={self.answer_mode!r}"
         return (
-            f"OpenAIPreferenceLabeler(url={self.url!r}, model={self.model!r}, {mode}{answers}, "
+            f"OpenAIPreferenceLabeler(url={self.url!r}, model={self.model!r}, {self.prompts.mode}{answers}, "
             f"api_key_env={self.api_key_env!r}, store={self.store!r})"
         )
 
@@ -265,7 +235,7 @@ class OpenAIPreferenceLabeler(PreferenceLabeler):
             "model": self.model,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
-            **prompt_key_fields(self.two_stage, self.analysis_prompt, self.labelling_prompt, self.single_stage_prompt),
+            **self.prompts.key_fields(),
         }
         # Only a non-text mode is named: text-mode keys must stay those of stores written before
         # answer modes existed.
@@ -282,26 +252,21 @@ class OpenAIPreferenceLabeler(PreferenceLabeler):
         requests = 0
         analysis: str | None = None
         try:
-            if self.two_stage:
-                content = vision_content(self.analysis_prompt, goal, first, second)
+            content: str | list[dict[str, Any]] = vision_content(self.prompts.vision_template, goal, first, second)
+            if self.prompts.two_stage:
                 payload, spent = self._chat(content)
                 analysis = message_text(payload)
                 requests += spent
                 if not analysis.strip():
-                    return PairOutcome(UNPARSEABLE, analysis=analysis, error="empty analysis", requests=requests)
-                question: str | list[dict[str, Any]] = (
-                    self.labelling_prompt.replace("{goal}", goal).replace("{analysis}", analysis)
-                )
-            else:
-                question = vision_content(self.single_stage_prompt, goal, first, second)
-            payload, spent = self._answer_turn(question, mode)
+                    return query_outcome(analysis, answer=None, requests=requests)
+                content = self.prompts.labelling_question(goal, analysis)  # the answer turn is text only
+            payload, spent = self._answer_turn(content, mode)
             requests += spent
         except _RequestFailed as failure:
             return PairOutcome(FAILED, analysis=analysis, error=str(failure), requests=requests + failure.requests)
         answer = message_text(payload)
-        if mode == "logprobs":
-            return self._outcome_from_logprobs(payload, answer, analysis, requests)
-        return outcome_from_answer(answer, analysis, requests)
+        probabilities = self._answer_probabilities(payload) if mode == "logprobs" else None
+        return query_outcome(analysis, answer, requests, probabilities)
 
     def _answer_turn(self, content: str | list[dict[str, Any]], mode: str) -> tuple[dict[str, Any], int]:
         """The answer turn in ``mode``; returns (response payload, requests spent)."""
@@ -337,9 +302,9 @@ class OpenAIPreferenceLabeler(PreferenceLabeler):
             "falling back to answer_mode: text for this run", self.url, detail,
         )
 
-    def _outcome_from_logprobs(
-        self, payload: dict[str, Any], answer: str, analysis: str | None, requests: int
-    ) -> PairOutcome:
+    def _answer_probabilities(self, payload: dict[str, Any]) -> tuple[float, float, float] | None:
+        """P(``0``), P(``1``), P(``-1``) (unnormalised) from a ``logprobs`` answer's first token, or
+        None when the answer must be read from its text instead."""
         first_token = first_token_logprobs(payload)
         if first_token is None:
             with self._mode_lock:
@@ -347,19 +312,18 @@ class OpenAIPreferenceLabeler(PreferenceLabeler):
             if warn:
                 logger.warning("the server at %s returned no log-probabilities; answers are read from their text "
                                "(run preflight() to stop at start-up instead)", self.url)
-            return outcome_from_answer(answer, analysis, requests)
+            return None
         token, alternatives = first_token
         if answer_token_kind(token) is None:
             # The model did not start with an answer ("The first image..."): its text may still
             # hold one, and probabilities of an answer it did not give would be made up.
-            return outcome_from_answer(answer, analysis, requests)
+            return None
         weights = dict.fromkeys(AnswerKind, 0.0)
         for alternative, logprob in alternatives:
             kind = answer_token_kind(alternative)
             if kind is not None:
                 weights[kind] += math.exp(logprob)
-        return outcome_from_probabilities(weights[AnswerKind.FIRST], weights[AnswerKind.SECOND],
-                                          weights[AnswerKind.UNSURE], answer, analysis, requests)
+        return weights[AnswerKind.FIRST], weights[AnswerKind.SECOND], weights[AnswerKind.UNSURE]
 
     # -- start-up check ----------------------------------------------------------------------
 

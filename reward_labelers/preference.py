@@ -158,6 +158,30 @@ def outcome_from_probabilities(
                        requests=requests, p_first=p1, p_second=p2)
 
 
+def query_outcome(
+    analysis: str | None,
+    answer: str | None,
+    requests: int,
+    probabilities: tuple[float, float, float] | None = None,
+) -> PairOutcome:
+    """The outcome of one pair's query from what the VLM returned (every backend).
+
+    Args:
+        analysis: the first-stage answer (two-stage mode), or None.
+        answer: the labelling answer; None when a two-stage analysis came back empty, so no
+            labelling turn was run: the pair is unparseable (nothing to label from).
+        requests: model requests spent on this pair, retries included.
+        probabilities: P(``0``), P(``1``), P(``-1``) of the answer's first token where the
+            backend scored them (read by ``outcome_from_probabilities``); None reads the answer's
+            text (``outcome_from_answer``).
+    """
+    if answer is None:
+        return PairOutcome(UNPARSEABLE, analysis=analysis, error="empty analysis", requests=requests)
+    if probabilities is not None:
+        return outcome_from_probabilities(*probabilities, answer, analysis, requests)
+    return outcome_from_answer(answer, analysis, requests)
+
+
 @dataclass
 class PairPlan:
     """What :meth:`PreferenceLabeler.plan` decided for a batch of ``N`` pairs before any query.
@@ -479,4 +503,5 @@ __all__ = [
     "mean_abs_difference",
     "outcome_from_answer",
     "outcome_from_probabilities",
+    "query_outcome",
 ]

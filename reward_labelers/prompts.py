@@ -1,5 +1,9 @@
 """RL-VLM-F prompts and the one parser for the VLM's labelling answer (every backend uses it).
 
+``QueryPrompts`` is the question a backend asks (mode and templates, checked once, with the
+label-store key fields they make); ``vision_content_parts`` lays a template out around the two
+frames as chat content parts.
+
 Two-stage query (shared/reference/methods.md, section 2):
 1. analysis, with both frames as separate images in one message;
 2. labelling, text only: answer ``0`` (goal better achieved in image 1), ``1`` (image 2) or
@@ -18,6 +22,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 ANALYSIS_PROMPT = (
     "Consider the following two images:\n"
@@ -51,6 +56,100 @@ SINGLE_STAGE_PROMPT = (
     "achieved in Image 2.\n"
     "Reply -1 if you are unsure or there is no difference."
 )
+
+_VISION_PLACEHOLDERS = ("{image1}", "{image2}", "{goal}")
+
+
+@dataclass(frozen=True)
+class QueryPrompts:
+    """The question a VLM preference backend asks about a pair: RL-VLM-F's two turns (the
+    analysis, showing both frames, then the text-only labelling turn that quotes it) or, when
+    ``two_stage`` is False, one direct question showing both frames.
+
+    Attributes:
+        two_stage: analysis + labelling turns (True) or the single-stage question (False).
+        analysis: first-stage template with ``{image1}``, ``{image2}``, ``{goal}``.
+        labelling: second-stage template with ``{analysis}`` (and usually ``{goal}``).
+        single_stage: single-stage template with ``{image1}``, ``{image2}``, ``{goal}``.
+
+    Every template is checked, the unused ones too, so a broken template fails at construction
+    whichever mode runs.
+
+    Raises:
+        ValueError: a template lacks one of its placeholders.
+    """
+
+    two_stage: bool = True
+    analysis: str = ANALYSIS_PROMPT
+    labelling: str = LABELLING_PROMPT
+    single_stage: str = SINGLE_STAGE_PROMPT
+
+    def __post_init__(self) -> None:
+        # Named as the backends' constructor arguments, which is what a user has to fix.
+        for name, template, needed in (
+            ("analysis_prompt", self.analysis, _VISION_PLACEHOLDERS),
+            ("labelling_prompt", self.labelling, ("{analysis}",)),
+            ("single_stage_prompt", self.single_stage, _VISION_PLACEHOLDERS),
+        ):
+            missing = [p for p in needed if p not in template]
+            if missing:
+                raise ValueError(f"{name} lacks the placeholder(s) {', '.join(missing)}")
+
+    @property
+    def mode(self) -> str:
+        """``"two-stage"`` or ``"single-stage"``."""
+        return "two-stage" if self.two_stage else "single-stage"
+
+    @property
+    def vision_template(self) -> str:
+        """The template of the turn that shows both frames: the analysis (two-stage) or the
+        single-stage question."""
+        return self.analysis if self.two_stage else self.single_stage
+
+    def labelling_question(self, goal: str, analysis: str) -> str:
+        """The labelling turn's text for ``goal``, quoting ``analysis``.
+
+        Plain replacement rather than ``str.format``: braces in a goal or an analysis are text.
+        """
+        return self.labelling.replace("{goal}", goal).replace("{analysis}", analysis)
+
+    def key_fields(self) -> dict[str, str]:
+        """The mode and the templates it uses, as label-store key fields (changing one asks again).
+
+        The key names and values are those of every store written so far: do not rename them,
+        or stored labels stop being found.
+        """
+        if self.two_stage:
+            return {"mode": self.mode, "analysis_prompt": self.analysis, "labelling_prompt": self.labelling}
+        return {"mode": self.mode, "single_stage_prompt": self.single_stage}
+
+
+def vision_content_parts(
+    template: str, goal: str, first_image: dict[str, Any], second_image: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Chat content parts of a prompt with ``{image1}``/``{image2}`` placeholders, in prompt order:
+    a ``{"type": "text", "text": ...}`` part for each non-blank piece of text, ``first_image``
+    where ``{image1}`` stands and ``second_image`` where ``{image2}`` stands (each backend passes
+    its own image part).
+
+    ``{goal}`` is substituted by plain replacement, so braces inside a goal are harmless.
+
+    Raises:
+        ValueError: the template does not hold ``{image1}`` and ``{image2}`` exactly once each.
+    """
+    text = template.replace("{goal}", goal)
+    if text.count("{image1}") != 1 or text.count("{image2}") != 1:
+        raise ValueError("a vision prompt must contain {image1} and {image2} exactly once each")
+    before, rest = text.split("{image1}")
+    middle, after = rest.split("{image2}")
+    parts: list[dict[str, Any]] = []
+    for piece, image in ((before, first_image), (middle, second_image)):
+        if piece.strip():
+            parts.append({"type": "text", "text": piece})
+        parts.append(image)
+    if after.strip():
+        parts.append({"type": "text", "text": after})
+    return parts
 
 
 class AnswerKind(str, Enum):
@@ -257,10 +356,3 @@ def answer_token_kind(token: str) -> AnswerKind | None:
     or ``"-"`` (the start of ``-1``) UNSURE; None for any other token. Surrounding whitespace
     and full-width forms are ignored, case too (``" 0"``, ``"\uff10"``)."""
     return _TOKEN_KIND.get(_normalise(token).strip())
-
-
-def prompt_key_fields(two_stage: bool, analysis_prompt: str, labelling_prompt: str, single_stage_prompt: str) -> dict[str, str]:
-    """The mode and the prompts in use, as label-store key fields (changing one asks again)."""
-    if two_stage:
-        return {"mode": "two-stage", "analysis_prompt": analysis_prompt, "labelling_prompt": labelling_prompt}
-    return {"mode": "single-stage", "single_stage_prompt": single_stage_prompt}

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
+from helpers import run_python
 from vlmrl.cli import main
 from vlmrl.reward_labelers.base import FrameRewardLabeler, check_frames
 from vlmrl.reward_labelers.registry import LabelerConfig, labeler_config_class, register_labeler, registered_kinds
@@ -58,8 +59,7 @@ def test_vlmrl_labelers_names_modules_that_register_kinds(tmp_path: Path) -> Non
 
     script = "from vlmrl.reward_labelers.registry import labeler_config_class as c; print(c('brightness').__module__)"
     env = {**os.environ, "VLMRL_LABELERS": "test_adding_a_labeler", "PYTHONPATH": str(Path(__file__).parent)}
-    found = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
-    assert found.returncode == 0 and found.stdout.strip() == "test_adding_a_labeler", found.stderr
+    assert run_python(script, env=env, timeout=60).stdout.strip() == "test_adding_a_labeler"
     env["VLMRL_LABELERS"] = "no_such_labeler_module"
     (tmp_path / "any.yaml").write_text("task: t\nenv: {id: vlmrl/CartPole-v1}\nlabeler: {kind: oracle}\n"
                                        "agent: {algo: ppo, total_timesteps: 10}\n")

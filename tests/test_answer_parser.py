@@ -2,6 +2,7 @@
 
 FIRST is the VLM's ``0`` (image 1 better), SECOND its ``1`` (image 2 better), UNSURE its ``-1``.
 Anything without exactly one consistent reading must stay UNPARSEABLE: a label is never guessed.
+Also the other pieces both backends share: the question (``QueryPrompts``) and ``query_outcome``.
 """
 
 from __future__ import annotations
@@ -11,8 +12,15 @@ import math
 import pytest
 
 from vlmrl.label_store import ANSWERED, UNPARSEABLE, UNSURE
-from vlmrl.reward_labelers.preference import outcome_from_answer
-from vlmrl.reward_labelers.prompts import AnswerKind, parse_answer
+from vlmrl.reward_labelers.preference import outcome_from_answer, query_outcome
+from vlmrl.reward_labelers.prompts import (
+    ANALYSIS_PROMPT,
+    LABELLING_PROMPT,
+    SINGLE_STAGE_PROMPT,
+    AnswerKind,
+    QueryPrompts,
+    parse_answer,
+)
 
 FIRST, SECOND, NOT_SURE, NONE = AnswerKind.FIRST, AnswerKind.SECOND, AnswerKind.UNSURE, AnswerKind.UNPARSEABLE
 
@@ -152,3 +160,40 @@ def test_outcome_from_answer():
         assert bad.status == UNPARSEABLE and math.isnan(bad.label) and bad.requests == 3
         assert bad.error == "answer is not 0, 1 or -1 (or it is ambiguous)"
         assert bad.answer == text and bad.analysis == "some analysis"
+
+
+def test_query_outcome_of_an_empty_analysis_and_of_scored_answers():
+    empty = query_outcome("  ", None, requests=1)
+    assert (empty.status, empty.error, empty.analysis, empty.requests) == (UNPARSEABLE, "empty analysis", "  ", 1)
+    assert math.isnan(empty.label)
+    scored = query_outcome(None, "1", 1, (0.2, 0.6, 0.2))
+    assert (scored.status, scored.label, scored.answer) == (ANSWERED, 0.0, "1")
+    assert scored.p_second == pytest.approx(0.6)
+    assert query_outcome("analysis", "0", 2) == outcome_from_answer("0", "analysis", 2)
+
+
+def test_query_prompts_check_every_template_and_name_the_argument_to_fix():
+    with pytest.raises(ValueError, match=r"^analysis_prompt lacks the placeholder\(s\) \{image1\}, \{image2\}$"):
+        QueryPrompts(analysis="Which image is better for {goal}?")
+    with pytest.raises(ValueError, match=r"^labelling_prompt lacks the placeholder\(s\) \{analysis\}$"):
+        QueryPrompts(labelling="Answer 0 or 1.")
+    with pytest.raises(ValueError, match="single_stage_prompt lacks"):  # checked in two-stage mode too
+        QueryPrompts(two_stage=True, single_stage="{image1} {image2}")
+
+
+def test_query_prompts_key_fields_name_only_the_templates_in_use():
+    two_stage = QueryPrompts()
+    # These exact fields are in the keys of every store written so far.
+    assert two_stage.key_fields() == {
+        "mode": "two-stage", "analysis_prompt": ANALYSIS_PROMPT, "labelling_prompt": LABELLING_PROMPT,
+    }
+    assert (two_stage.mode, two_stage.vision_template) == ("two-stage", ANALYSIS_PROMPT)
+    single_stage = QueryPrompts(two_stage=False)
+    assert single_stage.key_fields() == {"mode": "single-stage", "single_stage_prompt": SINGLE_STAGE_PROMPT}
+    assert (single_stage.mode, single_stage.vision_template) == ("single-stage", SINGLE_STAGE_PROMPT)
+
+
+def test_labelling_question_replaces_placeholders_only():
+    prompts = QueryPrompts(labelling="Goal: {goal}\n{analysis}")
+    # Plain replacement: braces in a goal or an analysis are text, never format fields.
+    assert prompts.labelling_question("keep {x} up", "{0} is left") == "Goal: keep {x} up\n{0} is left"

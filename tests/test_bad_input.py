@@ -11,67 +11,21 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import pytest
 
+from spy_labeler import LABEL_CALLS  # registers `kind: spy`
 from test_locks import read_only
 from vlmrl.cli import main
 from vlmrl.errors import UserError
-from vlmrl.reward_labelers.registry import LabelerConfig, register_labeler
 
 REPO = Path(__file__).resolve().parents[1]
-
-# -- a labeler that records its calls, to prove bad input is caught before any labelling ---------
-
-LABEL_CALLS: list[int] = []
-
-
-class SpyLabeler:
-    """The true reward, and a note of every call."""
-
-    def label(self, frames, true_rewards=None) -> np.ndarray:
-        LABEL_CALLS.append(len(true_rewards))
-        return np.asarray(true_rewards, dtype=np.float32)
-
-
-@register_labeler
-@dataclass(frozen=True, kw_only=True)
-class SpyConfig(LabelerConfig):
-    kind: ClassVar[str] = "spy"
-    family: ClassVar[str] = "frame"
-    needs_frames: ClassVar[bool] = False
-
-    def create(self, *, seed: int = 0, store=None) -> SpyLabeler:
-        return SpyLabeler()
-
-
-# A labeler plugin for relabels run as separate processes: slow, so they can be raced and killed.
-SLOW_PLUGIN = '''
-import time
-from dataclasses import dataclass
-from typing import ClassVar
-import numpy as np
-from vlmrl.reward_labelers.registry import LabelerConfig, register_labeler
-
-class SlowLabeler:
-    def __init__(self, delay): self.delay = delay
-    def label(self, frames, true_rewards=None):
-        time.sleep(self.delay)
-        return np.asarray(true_rewards, dtype=np.float32)
-
-@register_labeler
-@dataclass(frozen=True, kw_only=True)
-class SlowConfig(LabelerConfig):
-    kind: ClassVar[str] = "slow"
-    family: ClassVar[str] = "frame"
-    needs_frames: ClassVar[bool] = False
-    delay: float = 0.2
-    def create(self, *, seed=0, store=None): return SlowLabeler(self.delay)
-'''
+TESTS = REPO / "tests"
+# The labeler plugin tests/spy_labeler.py (`kind: spy`): the true reward, a note of every call in
+# LABEL_CALLS (to prove bad input is caught before any labelling) and an optional delay per call.
+SPY_PLUGIN = "spy_labeler"
 
 
 @pytest.fixture()
@@ -116,10 +70,12 @@ def empty_episode(hdf5: Path, episode: int) -> None:
     """Cut one episode of a real Minari HDF5 file down to 0 steps (its reset observation only)."""
     import h5py
 
-    def cut(group: h5py.Group, rows: int) -> None:
+    def cut(group: h5py.Group, rows_of) -> None:
+        """Keep the first ``rows_of(key)`` rows of each member of ``group`` (all through a subgroup)."""
         for key in list(group):
+            rows = rows_of(key)
             if isinstance(group[key], h5py.Group):
-                cut(group[key], rows)
+                cut(group[key], lambda _: rows)
             else:
                 data = group[key][:rows]
                 del group[key]
@@ -127,14 +83,7 @@ def empty_episode(hdf5: Path, episode: int) -> None:
 
     with h5py.File(hdf5, "a") as file:
         group = file[f"episode_{episode}"]
-        for key in list(group):
-            keep = 1 if key in ("observations", "infos") else 0
-            if isinstance(group[key], h5py.Group):
-                cut(group[key], keep)
-            else:
-                data = group[key][:keep]
-                del group[key]
-                group.create_dataset(key, data=data)
+        cut(group, lambda key: 1 if key in ("observations", "infos") else 0)
         group.attrs["total_steps"] = 0
 
 
@@ -360,12 +309,10 @@ def test_vlmrl_debug_in_a_real_process_prints_the_traceback(root, tmp_path):
 
 
 def relabel_process(root: Path, tmp_path: Path, out_id: str, delay: float = 0.25) -> subprocess.Popen:
-    plugin_dir = tmp_path / "plugins"
-    plugin_dir.mkdir(exist_ok=True)
-    (plugin_dir / "slow_labeler.py").write_text(SLOW_PLUGIN)
-    config = write(tmp_path / "slow.yaml", f"labeler: {{kind: slow, delay: {delay}}}\nchunk_size: 2\n")
-    env = {**os.environ, "MINARI_DATASETS_PATH": str(root), "PYTHONPATH": f"{REPO}{os.pathsep}{plugin_dir}",
-           "VLMRL_LABELERS": "slow_labeler"}
+    """A relabel in its own process, labelling with the spy plugin slowed to ``delay`` s a call."""
+    config = write(tmp_path / "slow.yaml", f"labeler: {{kind: spy, delay: {delay}}}\nchunk_size: 2\n")
+    env = {**os.environ, "MINARI_DATASETS_PATH": str(root), "PYTHONPATH": f"{REPO}{os.pathsep}{TESTS}",
+           "VLMRL_LABELERS": SPY_PLUGIN}
     env.pop("VLMRL_DEBUG", None)
     return subprocess.Popen([sys.executable, "-m", "vlmrl.cli", *relabel_argv("pendulum/random-v0", config, out_id)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

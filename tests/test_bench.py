@@ -27,3 +27,26 @@ def test_bench_render_reports_each_vec_env(capsys):
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert [(row["vec_env"], row["n_envs"]) for row in rows] == [("dummy", 2), ("subproc", 2)]
     assert all(row["frames_per_s"] > 0 for row in rows)
+
+
+def test_bench_labels_prints_json_rows_against_a_real_server(capsys):
+    from openai_test_server import OpenAITestServer
+
+    with OpenAITestServer(model="test-vlm") as server:
+        assert main(["bench", "labels", "--endpoint", server.base_url, "--concurrency", "2", "--pairs", "4",
+                     "--frame-size", "16", "--json"]) == 0
+        assert server.count() == 4 * 2  # two turns per pair; the rerun asked nothing
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["concurrency"], row["pairs"], row["failed"], row["rerun_requests"]) == (2, 4, 0, 0)
+
+
+def test_every_bench_offers_json(capsys):
+    import argparse
+
+    from vlmrl import bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_parser(parser.add_subparsers())
+    for name in ("clip", "train", "labels", "render", "relabel", "async", "pebble", "main"):
+        args = parser.parse_args(["bench", name, "--json"] + (["--endpoint", "http://x/v1"] if name == "labels" else []))
+        assert args.json and callable(args.func), name

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import set_args, train_cli_args
 from tiny_clip import save_tiny_hf_clip, save_tiny_open_clip
 from vlmrl.cli import main
 
@@ -40,10 +41,7 @@ def test_train_cartpole_clip_config_with_local_checkpoint(tiny_open_clip, tmp_pa
         "run.eval_episodes=1",
         "run.checkpoint_every=512",
     ]
-    args = ["train", str(REPO / "configs/cartpole_clip.yaml"), "--no-progress"]
-    for setting in settings:
-        args += ["--set", setting]
-    assert main(args) == 0
+    assert main(train_cli_args("configs/cartpole_clip.yaml", settings)) == 0
     (run_dir,) = list(tmp_path.iterdir())
     assert run_dir.name.startswith("cartpole__clip__0__")
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -65,9 +63,7 @@ def test_eval_reward_with_transformers_backend(tmp_path):
         "env.kwargs.episode_length=40",
     ]
     args = ["eval-reward", str(REPO / "configs/cartpole_clip.yaml"), "--episodes", "2", "--out", str(out)]
-    for setting in settings:
-        args += ["--set", setting]
-    assert main(args) == 0
+    assert main([*args, *set_args(settings)]) == 0
     result = json.loads((out / "correlation.json").read_text())
     assert result["frames"] == 80
     # random weights: any correlation is possible, but it must be a number in [-1, 1]

@@ -1,12 +1,11 @@
 """Config loading: every task config validates; bad keys, types and values name file and key."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from helpers import run_python
 from vlmrl.config import (
     ExperimentConfig,
     OfflineExperimentConfig,
@@ -192,6 +191,4 @@ def test_new_settings_are_reachable_with_set_overrides(tmp_path):
 
 def test_importing_the_config_module_does_not_import_torch():
     code = "import sys, vlmrl.config; print('torch' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "False"
+    assert run_python(code, cwd=REPO).stdout.strip() == "False"

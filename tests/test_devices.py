@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
+from helpers import run_python
 from vlmrl.agents.iql import d3rlpy_device
 from vlmrl.devices import resolve_device
 from vlmrl.errors import ConfigError, UserError
@@ -67,4 +65,4 @@ def test_every_model_uses_the_same_resolver():
 
 def test_module_does_not_import_torch():
     code = "import sys, vlmrl.devices; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
+    run_python(code)

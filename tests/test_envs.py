@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from env_checks import check_env_warnings
+from helpers import run_python
 
 import vlmrl.envs as envs
 from vlmrl.errors import ConfigError
@@ -199,9 +200,6 @@ def test_cartpole_drawn_directly_matches_gymnasium_picture_resized(width, height
 
 
 def test_cartpole_env_renders_its_state_without_pygame():
-    import subprocess
-    import sys
-
     code = (
         "import sys, numpy as np, gymnasium as gym, vlmrl\n"
         "from vlmrl.envs.cartpole import draw_cartpole\n"
@@ -211,25 +209,18 @@ def test_cartpole_env_renders_its_state_without_pygame():
         "assert np.array_equal(env.render(), draw_cartpole(x, theta, 80, 60))\n"
         "print('pygame' in sys.modules)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "False"
+    assert run_python(code).stdout.strip() == "False"
 
 
 def test_import_vlmrl_alone_registers_the_env_ids_and_stays_light():
     """`import vlmrl` registers the ids (as `import ale_py` does for ALE) without loading torch,
     MuJoCo or pygame: the env modules load when an env is made."""
-    import subprocess
-    import sys
-
     code = (
         "import sys, gymnasium as gym, vlmrl\n"
         "env = gym.make('vlmrl/CartPole-v1'); env.reset(seed=0); env.close()\n"
         "print(sorted(m for m in ('torch', 'mujoco', 'pygame') if m in sys.modules))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    assert run_python(code).stdout.strip() == "[]"
 
 
 # --- MountainCar ------------------------------------------------------------------------------
@@ -356,9 +347,6 @@ def test_humanoid_dynamics_and_reward_equal_humanoid_v5():
 def test_humanoid_left_open_exits_without_a_traceback(keep_alive):
     """An env nobody closed must not print an OSMesa/PyOpenGL traceback at interpreter exit
     (its renderer used to be freed during module teardown, when those modules are half gone)."""
-    import subprocess
-    import sys
-
     code = (
         "import gymnasium as gym, vlmrl\n"
         "env = gym.make('vlmrl/HumanoidTextured-v0', render_mode='rgb_array', render_width=48, render_height=48)\n"
@@ -367,8 +355,7 @@ def test_humanoid_left_open_exits_without_a_traceback(keep_alive):
     )
     if keep_alive != "in __main__":
         code += "import logging; logging.kept_env = env\n"  # outlives __main__'s globals at teardown
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+    result = run_python(code)
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
 
 
@@ -376,9 +363,6 @@ def test_humanoid_left_open_exits_without_a_traceback(keep_alive):
 def test_sac_builds_after_a_software_rendered_mujoco_env(env_id):
     """MuJoCo's OSMesa loaded before Triton used to segfault the process when SAC built its
     optimiser (vlmrl.headless.load_torch_compiler_before_software_gl); a fresh process each."""
-    import subprocess
-    import sys
-
     script = (
         "import gymnasium as gym, vlmrl\n"
         f"env = gym.make({env_id!r}, render_mode='rgb_array', render_width=64, render_height=64)\n"
@@ -387,5 +371,5 @@ def test_sac_builds_after_a_software_rendered_mujoco_env(env_id):
         "SAC('MlpPolicy', env, buffer_size=100, device='cpu')\n"
         "env.close(); print('built')\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and done.stdout.strip().endswith("built"), (done.returncode, done.stderr[-2000:])
+    done = run_python(script, timeout=300)
+    assert done.stdout.strip().endswith("built"), done.stderr[-2000:]

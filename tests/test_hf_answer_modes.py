@@ -68,7 +68,7 @@ def test_scripted_model_scores_its_answer_with_certainty(scripted_model: tuple[P
 def test_scores_are_the_first_generated_token_distribution(random_model: Path) -> None:
     labeler = logprobs_labeler(random_model, two_stage=False, batch_size=3)
     first, second = frame_pairs(3, seed=6)
-    messages = [vision_message(labeler.single_stage_prompt, GOAL) for _ in range(3)]
+    messages = [vision_message(labeler.prompts.single_stage, GOAL) for _ in range(3)]
     from PIL import Image
 
     images = [[Image.fromarray(a), Image.fromarray(b)] for a, b in zip(first, second)]

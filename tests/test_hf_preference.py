@@ -121,7 +121,7 @@ def test_left_padded_batches_answer_like_one_pair_at_a_time(random_model: Path, 
     # left-padded: padding must not change any answer.
     prompt_lengths = {
         len(labeler.processor.apply_chat_template(
-            text_message(labeler.labelling_prompt.replace("{goal}", GOAL).replace("{analysis}", analysis)),
+            text_message(labeler.prompts.labelling_question(GOAL, analysis)),
             add_generation_prompt=True,
         ))
         for analysis, _ in answers[1]

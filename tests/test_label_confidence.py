@@ -17,6 +17,7 @@ from vlmrl.config_loading import build_dataclass
 from vlmrl.errors import ConfigError
 from vlmrl.reward_labelers.openai_preference import OpenAIPreferenceLabeler
 from vlmrl.reward_learning import fit_bradley_terry, preference_fit_labels
+from vlmrl.reward_learning_config import FitConfig
 from vlmrl.reward_nets import RewardModel, RewardNetConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -67,8 +68,8 @@ def test_bradley_terry_learns_the_odds_of_a_soft_label():
     for label in (0.8, 1.0):
         torch.manual_seed(0)
         model = RewardModel(RewardNetConfig(kind="mlp", obs_dim=2, hidden_size=16), ensemble_size=1, device="cpu")
-        result = fit_bradley_terry(model, first, second, np.full(64, label), epochs=60, batch_size=64, lr=3e-2,
-                                   heldout_fraction=0.0)
+        result = fit_bradley_terry(model, first, second, np.full(64, label),
+                                   FitConfig(epochs=60, batch_size=64, lr=3e-2, heldout_fraction=0.0))
         reward = model.predict(states)
         differences[label] = float(reward[0] - reward[1])
         assert result.n_train == 64 and result.train_accuracy == 1.0

@@ -1,13 +1,11 @@
 """Slow learning checks: the pipeline must actually train an agent (CI runs these too)."""
 
 import json
-from pathlib import Path
 
 import pytest
 
+from helpers import train_cli_args
 from vlmrl.cli import main
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
@@ -21,10 +19,8 @@ def test_ppo_through_the_labelled_reward_wrapper_solves_cartpole(tmp_path):
         "run.eval_episodes": 10,
         "run.checkpoint_every": 50_000,
     }
-    args = ["train", str(REPO / "configs/cartpole_oracle.yaml"), "--no-progress", "--no-video"]
-    for key, value in overrides.items():
-        args += ["--set", f"{key}={value}"]
-    assert main(args) == 0
+    settings = [f"{key}={value}" for key, value in overrides.items()]
+    assert main(train_cli_args("configs/cartpole_oracle.yaml", settings, "--no-video")) == 0
     (run_dir,) = list(tmp_path.iterdir())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["labeler_calls"] == summary["env_steps"] // 8  # one batched call per vector step

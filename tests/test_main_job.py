@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import set_args, train_cli_args
 from vlmrl.cli import main
 from vlmrl.config import load_config
 
@@ -29,8 +30,7 @@ def test_main_job_config_is_the_pixel_preference_pipeline():
 
 @pytest.mark.slow
 def test_main_job_reaches_a_true_return_of_450(tmp_path):
-    args = ["train", str(MAIN_JOB), "--no-progress", "--no-video", "--set", f"run.root={tmp_path}"]
-    assert main(args) == 0
+    assert main(train_cli_args(MAIN_JOB, [f"run.root={tmp_path}"], "--no-video")) == 0
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     summary = json.loads((run_dir / "summary.json").read_text())
     config = load_config(MAIN_JOB)
@@ -48,7 +48,7 @@ def test_bench_main_times_each_seed_in_a_fresh_process(tmp_path, capsys):
             "preference.net.ensemble_size=1", "agent.hyperparams.n_steps=64", "agent.hyperparams.batch_size=64",
             "agent.hyperparams.n_epochs=1", "run.eval_episodes=1", "run.video_episodes=0"]  # fmt: skip
     args = ["bench", "main", "--seeds", "0,1", "--root", str(tmp_path), "--json"]
-    assert main([*args, *(arg for setting in tiny for arg in ("--set", setting))]) == 0
+    assert main([*args, *set_args(tiny)]) == 0
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert [row["seed"] for row in rows] == [0, 1]
     for row in rows:

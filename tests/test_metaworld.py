@@ -3,7 +3,6 @@ seeding, info, scripted experts, several envs per process, and the error message
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import gymnasium as gym
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 
 from env_checks import check_env_warnings
+from helpers import run_python
 
 import vlmrl.envs as envs
 from vlmrl.envs.env_config import EnvConfig
@@ -47,7 +47,7 @@ def test_task_list_matches_metaworld_and_ids_are_registered():
 
 def test_importing_the_env_package_loads_neither_metaworld_nor_mujoco():
     code = "import sys, vlmrl.envs; print(sorted(m for m in sys.modules if m.split('.')[0] in ('metaworld', 'mujoco')))"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    assert run_python(code).stdout.strip() == "[]"
 
 
 def test_goal_texts_are_rlvlmf_s():

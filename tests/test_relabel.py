@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import openai_preference_yaml
 from openai_test_server import OpenAITestServer
 
 from vlmrl.cli import main
@@ -199,19 +200,6 @@ def test_bad_input_is_rejected_with_nothing_written(root, tmp_path, capsys):
         assert nothing_written(root, "bad/output-v0"), source
 
 
-PREF_CONFIG = """\
-chunk_size: 8
-labeler: {{kind: openai, device: cpu, base_url: "{url}", model: test-vlm, max_concurrency: 1, max_retries: 0, timeout_s: 10}}
-preference:
-  goal: the pendulum is bright
-  label_store: {store}
-  budget: 24
-  pairs_per_round: 4
-  net: {{kind: cnn, input_size: 48, ensemble_size: 2}}
-  fit: {{epochs: 3}}
-"""
-
-
 def _relabel_process(config: Path, out_id: str, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "vlmrl.cli", "relabel", "pendulum/random-v0", "--labeler", str(config),
@@ -228,7 +216,8 @@ def test_killed_preference_relabel_resumes_byte_identical_without_reasking(root,
     store = tmp_path / "labels.sqlite"
     env = {**os.environ, "MINARI_DATASETS_PATH": str(root), "PYTHONPATH": str(REPO)}
     with OpenAITestServer(latency_ms=150) as server:
-        config = write_yaml(tmp_path / "pref.yaml", PREF_CONFIG.format(store=store, url=server.base_url))
+        config = write_yaml(tmp_path / "pref.yaml",
+                            openai_preference_yaml(store, server.base_url, max_concurrency=1, pairs_per_round=4))
         process = _relabel_process(config, "pendulum/pref-v0", env)
         deadline = time.time() + 120
         while server.count("vision") < 8 and time.time() < deadline and process.poll() is None:

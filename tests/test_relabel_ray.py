@@ -15,6 +15,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="needs the ray extra: pip install 'vlmrl[ray]'")
 
+from helpers import openai_preference_yaml, relabel_preference_yaml  # noqa: E402
 from openai_test_server import OpenAITestServer  # noqa: E402
 
 from vlmrl.cli import main  # noqa: E402
@@ -166,19 +167,6 @@ def test_killed_actor_is_restarted_and_nothing_is_lost_or_counted_twice(root, tm
     assert timings.chunks == n_chunks
 
 
-PREF_CONFIG = """\
-chunk_size: 8
-labeler: {{kind: openai, device: cpu, base_url: "{url}", model: test-vlm, max_concurrency: 2, max_retries: 0, timeout_s: 10}}
-preference:
-  goal: the pendulum is bright
-  label_store: {store}
-  budget: 24
-  pairs_per_round: 8
-  net: {{kind: cnn, input_size: 48, ensemble_size: 2}}
-  fit: {{epochs: 3}}
-"""
-
-
 def test_vlm_preferences_on_ray_match_local_with_one_store_writer(root, tmp_path):
     from vlmrl.label_store import LabelStore
 
@@ -186,12 +174,12 @@ def test_vlm_preferences_on_ray_match_local_with_one_store_writer(root, tmp_path
     local_store, ray_store = tmp_path / "local.sqlite", tmp_path / "ray.sqlite"
     with OpenAITestServer(latency_ms=100) as server:
         local_config = tmp_path / "local.yaml"
-        local_config.write_text(PREF_CONFIG.format(store=local_store, url=server.base_url))
+        local_config.write_text(openai_preference_yaml(local_store, server.base_url, max_concurrency=2, pairs_per_round=8))
         relabel("pendulum/random-v0", load_relabel_config(local_config), "pendulum/pref-local-v0", show_progress=False)
         asked_locally = server.count("vision")
 
         ray_config = tmp_path / "ray.yaml"
-        ray_config.write_text(PREF_CONFIG.format(store=ray_store, url=server.base_url))
+        ray_config.write_text(openai_preference_yaml(ray_store, server.base_url, max_concurrency=2, pairs_per_round=8))
         store_rows = lambda: sum(LabelStore(ray_store).counts().values()) if ray_store.exists() else 0  # noqa: E731
         killer = ActorKiller("_PairAsker", lambda: store_rows() or None)  # after the first committed answer
         killer.start()
@@ -262,18 +250,6 @@ def test_unreachable_address_fails_fast_with_a_clear_error(root, tmp_path):
     assert not (root / "pendulum/o-v0").exists()
 
 
-HF_PREF_CONFIG = """\
-labeler: {{kind: hf, device: cpu, model: "{model}", two_stage: false, batch_size: 3, max_new_tokens: 4}}
-preference:
-  goal: the pendulum is upright
-  label_store: {store}
-  budget: 12
-  pairs_per_round: 6
-  net: {{kind: mlp, hidden_size: 16, ensemble_size: 2}}
-  fit: {{epochs: 3}}
-"""
-
-
 def test_local_transformers_vlm_in_every_actor_labels_like_the_local_engine(root, tmp_path):
     import json
 
@@ -288,7 +264,10 @@ def test_local_transformers_vlm_in_every_actor_labels_like_the_local_engine(root
     for engine in ("local", "ray"):
         stores[engine] = tmp_path / f"{engine}.sqlite"
         path = tmp_path / f"{engine}.yaml"
-        path.write_text(HF_PREF_CONFIG.format(store=stores[engine], model=model))
+        path.write_text(relabel_preference_yaml(
+            f'{{kind: hf, device: cpu, model: "{model}", two_stage: false, batch_size: 3, max_new_tokens: 4}}',
+            stores[engine], goal="the pendulum is upright", budget=12, pairs_per_round=6,
+            net="{kind: mlp, hidden_size: 16, ensemble_size: 2}"))
         relabel("pendulum/random-v0", load_relabel_config(path), f"pendulum/hf-{engine}-v0", show_progress=False,
                 engine=engine, ray_options=TWO_WORKERS if engine == "ray" else None)
     rows = {}

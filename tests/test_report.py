@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import train_cli_args
 from vlmrl.cli import main
 from vlmrl.report import read_run, write_report
 
-REPO = Path(__file__).resolve().parents[1]
 
 # A few hundred steps of the main job (teacher preferences, CNN on 64x64 frames): enough for two
 # query rounds, a checkpoint, an evaluation and a video; ~15 s on 2 cores.
@@ -41,10 +41,7 @@ TINY_ORACLE = [
 def train(tmp_root: Path, config: str, overrides: list[str], seed: int = 0) -> Path:
     """One real `vlmrl train` in this process; returns its run directory."""
     root = tmp_root / f"{Path(config).stem}-{seed}"
-    args = ["train", str(REPO / config), "--no-progress", "--set", f"run.root={root}", "--set", f"run.seed={seed}"]
-    for override in overrides:
-        args += ["--set", override]
-    assert main(args) == 0
+    assert main(train_cli_args(config, [f"run.root={root}", f"run.seed={seed}", *overrides])) == 0
     (run_dir,) = [p for p in root.iterdir() if p.is_dir()]
     return run_dir
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import gymnasium as gym
 import numpy as np
 import pytest
 
+from helpers import cartpole_rollout
 import vlmrl  # noqa: F401  (headless rendering defaults)
 from vlmrl.reward_learning import FitResult, fit_bradley_terry, fit_regression
-from vlmrl.reward_nets import RewardModel, RewardNetConfig, downsample_frames
+from vlmrl.reward_learning_config import FitConfig
+from vlmrl.reward_nets import RewardModel, RewardNetConfig
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -16,18 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def rollout(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` CartPole frames under a random policy, downsampled to uint8 [n, 64, 64, 3], and states [n, 4]."""
-    env = gym.make("CartPole-v1", render_mode="rgb_array")
-    rng = np.random.default_rng(seed)
-    obs, _ = env.reset(seed=seed)
-    frames, states = [], []
-    while len(frames) < n:
-        frames.append(downsample_frames(env.render()[None], 64)[0])
-        states.append(obs)
-        obs, _, terminated, truncated, _ = env.step(int(rng.integers(2)))
-        if terminated or truncated:
-            obs, _ = env.reset()
-    env.close()
-    return np.stack(frames), np.stack(states).astype(np.float32)
+    return cartpole_rollout(n, seed, frame_size=64)
 
 
 def uprightness(states: np.ndarray) -> np.ndarray:
@@ -58,7 +48,7 @@ def test_regression_distils_cart_position(train_rollout, test_rollout):
     frames, states = train_rollout
     targets = 10.0 + 4.0 * states[:, 0]  # a reward in its own units: offset and scale must come back
     model = RewardModel(RewardNetConfig(), device="cpu")
-    result = fit_regression(model, frames[:300], targets[:300], epochs=15, batch_size=64, lr=1e-3)
+    result = fit_regression(model, frames[:300], targets[:300], FitConfig(epochs=15, batch_size=64, lr=1e-3))
 
     assert isinstance(result, FitResult) and result.objective == "regression"
     assert (result.n_train, result.n_heldout, result.epochs) == (270, 30, 15)
@@ -79,11 +69,11 @@ def test_regression_continues_from_current_weights(train_rollout):
     targets = states[:, 0]
     model = RewardModel(RewardNetConfig(), device="cpu")
     fresh = model.predict(frames[:100])
-    fit_regression(model, frames[:200], targets[:200], epochs=4, batch_size=64)
+    fit_regression(model, frames[:200], targets[:200], FitConfig(epochs=4, batch_size=64))
     trained = model.predict(frames[:100])
     assert not np.allclose(trained, fresh)
     # A second call with a negligible learning rate must not reinitialise anything.
-    fit_regression(model, frames[:200], targets[:200], epochs=1, lr=1e-12)
+    fit_regression(model, frames[:200], targets[:200], FitConfig(epochs=1, batch_size=256, lr=1e-12))
     np.testing.assert_allclose(model.predict(frames[:100]), trained, atol=1e-4)
 
 
@@ -93,8 +83,8 @@ def test_fits_are_reproducible(train_rollout):
     results = []
     for _ in range(2):
         model = RewardModel(RewardNetConfig(), ensemble_size=2, device="cpu", seed=5)
-        fit_regression(model, frames[:100], states[:100, 0], epochs=1, batch_size=32, seed=1)
-        fit_bradley_terry(model, frames[i], frames[j], labels, epochs=1, batch_size=32, seed=2)
+        fit_regression(model, frames[:100], states[:100, 0], FitConfig(epochs=1, batch_size=32), seed=1)
+        fit_bradley_terry(model, frames[i], frames[j], labels, FitConfig(epochs=1, batch_size=32), seed=2)
         results.append(model.predict_members(frames[:100]))
     np.testing.assert_array_equal(results[0], results[1])
 
@@ -111,7 +101,7 @@ def test_input_validation(train_rollout):
     with pytest.raises(ValueError, match="same length"):
         fit_bradley_terry(model, frames[:2], frames[2:5], np.array([1.0, 0.0]))
     with pytest.raises(ValueError, match="heldout_fraction"):
-        fit_bradley_terry(model, frames[:2], frames[2:4], np.array([1.0, 0.0]), heldout_fraction=1.0)
+        fit_bradley_terry(model, frames[:2], frames[2:4], np.array([1.0, 0.0]), FitConfig(heldout_fraction=1.0))
 
 
 def test_bradley_terry_drops_and_counts_unlabelled_pairs(train_rollout):
@@ -119,7 +109,7 @@ def test_bradley_terry_drops_and_counts_unlabelled_pairs(train_rollout):
     i, j, labels = oracle_pairs(states, 50, seed=3)
     labels[::5] = np.nan
     model = RewardModel(RewardNetConfig(), ensemble_size=2, device="cpu")
-    result = fit_bradley_terry(model, frames[i], frames[j], labels, epochs=1, heldout_fraction=0.2)
+    result = fit_bradley_terry(model, frames[i], frames[j], labels, FitConfig(epochs=1, heldout_fraction=0.2))
     assert result.n_unlabelled == 10
     assert (result.n_train, result.n_heldout) == (32, 8)
     assert np.isfinite(result.train_loss) and 0.0 <= result.heldout_accuracy <= 1.0
@@ -134,7 +124,7 @@ def test_mlp_learns_preferences_on_states(train_rollout, test_rollout):
     _, states = train_rollout
     i, j, labels = oracle_pairs(states, 2000, seed=0)
     model = RewardModel(RewardNetConfig(kind="mlp", obs_dim=4), ensemble_size=3, device="cpu")
-    result = fit_bradley_terry(model, states[i], states[j], labels, epochs=10, batch_size=64)
+    result = fit_bradley_terry(model, states[i], states[j], labels, FitConfig(epochs=10, batch_size=64))
     assert result.objective == "bradley_terry" and result.n_heldout == 200
     assert result.heldout_accuracy > 0.9
     # The first fit fixed the input standardisation from the training states.
@@ -152,7 +142,7 @@ def test_regression_reads_pole_angle_from_frames():
     targets = uprightness(states)
     model = RewardModel(RewardNetConfig(), device="cpu")
     # lr 1e-3 distils in half the steps of the RL-VLM-F default 3e-4 (measured 0.99 vs 0.97).
-    result = fit_regression(model, frames[:600], targets[:600], epochs=25, batch_size=64, lr=1e-3)
+    result = fit_regression(model, frames[:600], targets[:600], FitConfig(epochs=25, batch_size=64, lr=1e-3))
     assert result.heldout_pearson > 0.85  # only 60 held-out frames: a noisy estimate
     assert np.corrcoef(model.predict(frames[600:]), targets[600:])[0, 1] > 0.95
 
@@ -163,7 +153,7 @@ def test_bradley_terry_cnn_ensemble_ranks_unseen_cartpole_frames(train_rollout, 
     frames, states = train_rollout
     i, j, labels = oracle_pairs(states, 2000, seed=0)
     model = RewardModel(RewardNetConfig(), ensemble_size=3, device="cpu")
-    result = fit_bradley_terry(model, frames[i], frames[j], labels, epochs=10, batch_size=32)
+    result = fit_bradley_terry(model, frames[i], frames[j], labels, FitConfig(epochs=10, batch_size=32))
     # In-call held-out pairs include imperceptible angle differences, so the bar is lower there.
     assert result.heldout_accuracy > 0.85  # measured 0.915
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
+from helpers import cartpole_rollout
 import vlmrl  # noqa: F401  (headless rendering defaults)
 from vlmrl.errors import ConfigError, MissingWeightsError, UserError
 from vlmrl.reward_nets import RewardModel, RewardNet, RewardNetConfig, downsample_frames, frames_to_tensor
@@ -20,18 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def cartpole() -> tuple[np.ndarray, np.ndarray]:
     """40 real CartPole frames (uint8 [40, 400, 600, 3]) and their states ([40, 4]) under a random policy."""
-    env = gym.make("CartPole-v1", render_mode="rgb_array")
-    rng = np.random.default_rng(0)
-    obs, _ = env.reset(seed=0)
-    frames, states = [], []
-    while len(frames) < 40:
-        frames.append(env.render())
-        states.append(obs)
-        obs, _, terminated, truncated, _ = env.step(int(rng.integers(2)))
-        if terminated or truncated:
-            obs, _ = env.reset()
-    env.close()
-    return np.stack(frames), np.stack(states).astype(np.float32)
+    return cartpole_rollout(40, seed=0)
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ import pytest
 from vlmrl.cli import main
 from vlmrl.runs import list_checkpoints, read_checkpoint_state
 
+from helpers import train_cli_args
 from openai_test_server import OpenAITestServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,9 +89,7 @@ def test_sdl_swallowed_sigterm_until_vlmrl_stopping_told_it_not_to():
 
 
 def train_process(config: str, root: Path, *settings: str) -> subprocess.Popen:
-    args = [*VLMRL, "train", str(REPO / config), "--no-progress", "--no-video", "--set", f"run.root={root}"]
-    for setting in settings:
-        args += ["--set", setting]
+    args = [*VLMRL, *train_cli_args(config, [f"run.root={root}", *settings], "--no-video")]
     return subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
+from helpers import train_cli_args
 from vlmrl.cli import main
 from vlmrl.runs import list_checkpoints, read_checkpoint_state
 
@@ -16,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def short_run_overrides(root: Path, steps: int) -> list[str]:
-    settings = [
+    return [
         f"agent.total_timesteps={steps}",
         f"run.root={root}",
         "run.checkpoint_every=512",
@@ -35,7 +36,6 @@ def short_run_overrides(root: Path, steps: int) -> list[str]:
         "reward.net.input_size=48",
         "reward.fit.epochs=1",
     ]
-    return [arg for setting in settings for arg in ("--set", setting)]
 
 
 def only_run_dir(root: Path) -> Path:
@@ -58,7 +58,7 @@ def tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    code = main(["train", str(REPO / "configs/cartpole_oracle.yaml"), "--no-progress", *short_run_overrides(root, 1024)])
+    code = main(train_cli_args("configs/cartpole_oracle.yaml", short_run_overrides(root, 1024)))
     assert code == 0
     return only_run_dir(root)
 
@@ -156,6 +156,13 @@ def test_unknown_hyperparameter_is_a_config_error(tmp_path, capsys):
     assert "learnig_rate" in err and "learning_rate" in err
 
 
+def test_offline_only_options_on_an_online_config_are_refused_before_any_run(tmp_path, capsys):
+    for option in (["--seeds", "0,1"], ["--baselines", "bc"]):
+        assert main(train_cli_args("configs/cartpole_oracle.yaml", [f"run.root={tmp_path}"], *option)) == 2
+        assert "offline configs" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_sac_run_checkpoints_its_replay_buffer_and_resumes(tmp_path):
     overrides = [
         "agent.total_timesteps=300",
@@ -171,10 +178,7 @@ def test_sac_run_checkpoints_its_replay_buffer_and_resumes(tmp_path):
         "agent.hyperparams.train_freq=1",
         "agent.hyperparams.gradient_steps=1",
     ]
-    args = ["train", str(REPO / "configs/mountaincar_oracle.yaml"), "--no-progress"]
-    for setting in overrides:
-        args += ["--set", setting]
-    assert main(args) == 0
+    assert main(train_cli_args("configs/mountaincar_oracle.yaml", overrides)) == 0
     run_dir = only_run_dir(tmp_path)
     (checkpoint,) = list_checkpoints(run_dir)
     assert (checkpoint / "replay_buffer.pkl").is_file()
@@ -194,11 +198,8 @@ VLM_SETTINGS = [
 
 
 def vlm_train_args(root: Path, base_url: str, *settings: str) -> list[str]:
-    args = ["train", str(REPO / "configs/cartpole_vlm_pref.yaml"), "--no-progress", "--set", f"run.root={root}",
-            "--set", f"labeler.base_url={base_url}"]
-    for setting in [*VLM_SETTINGS, *settings]:
-        args += ["--set", setting]
-    return args
+    return train_cli_args("configs/cartpole_vlm_pref.yaml",
+                          [f"run.root={root}", f"labeler.base_url={base_url}", *VLM_SETTINGS, *settings])
 
 
 def closed_port() -> int:
@@ -272,8 +273,7 @@ def test_a_run_resumed_in_another_labelling_mode_says_so_and_continues(tmp_path,
                 "run.video_episodes=0", "env.n_envs=2", "preference.first_round_at=128", "preference.round_every=256",
                 "preference.pairs_per_round=50", "agent.hyperparams.n_steps=64", "agent.hyperparams.batch_size=64",
                 "agent.hyperparams.n_epochs=1"]
-    args = ["train", str(REPO / "configs/cartpole_oracle_pref.yaml"), "--no-progress"]
-    assert main([*args, *(arg for setting in settings for arg in ("--set", setting))]) == 0
+    assert main(train_cli_args("configs/cartpole_oracle_pref.yaml", settings)) == 0
     run_dir = only_run_dir(tmp_path)
     capsys.readouterr()
     assert main(["train", "--resume", str(run_dir), "--no-progress", "--set", "agent.total_timesteps=1024",
@@ -288,9 +288,8 @@ def test_a_run_resumed_in_another_labelling_mode_says_so_and_continues(tmp_path,
 
 
 def test_async_per_frame_labels_train_with_the_distilled_net_rewarding_every_step(tmp_path):
-    overrides = [setting for setting in short_run_overrides(tmp_path, 1024)] + ["--set", "reward.labeling=async",
-                                                                               "--set", "reward.queue_size=64"]
-    assert main(["train", str(REPO / "configs/cartpole_oracle.yaml"), "--no-progress", "--no-video", *overrides]) == 0
+    overrides = [*short_run_overrides(tmp_path, 1024), "reward.labeling=async", "reward.queue_size=64"]
+    assert main(train_cli_args("configs/cartpole_oracle.yaml", overrides, "--no-video")) == 0
     run_dir = only_run_dir(tmp_path)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["labeling"] == "async" and summary["net_frames"] == 1024 and summary["labelled_frames"] > 0

@@ -32,10 +32,19 @@ weights of the named architecture (no download needed); pass a tag or checkpoint
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from vlmrl import bench_async, bench_pebble
+
     parser = subparsers.add_parser("bench", help="measure throughput and memory (CLIP, training, labels, relabel)", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     benches = parser.add_subparsers(dest="bench", metavar="BENCH", required=True)
 
-    clip = benches.add_parser("clip", help="CLIP labelling vs encoder vs reward net vs rendering", description=CLIP_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    def bench(name: str, func: Callable[[argparse.Namespace], int], help: str, description: str) -> argparse.ArgumentParser:
+        """``vlmrl bench NAME``, running ``func``, with the ``--json`` flag every bench has."""
+        sub = benches.add_parser(name, help=help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+        sub.set_defaults(func=func)
+        return sub
+
+    clip = bench("clip", run_clip_bench, "CLIP labelling vs encoder vs reward net vs rendering", CLIP_HELP)
     clip.add_argument("--model", default="ViT-B-32", help="open_clip model name or transformers id/dir (default: ViT-B-32)")
     clip.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint path (default: random weights)")
     clip.add_argument("--backend", choices=("open_clip", "transformers"), default="open_clip", help="CLIP implementation (default: open_clip)")
@@ -44,59 +53,41 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     clip.add_argument("--size", type=int, default=224, help="render size in pixels, square (default: 224)")
     clip.add_argument("--repeats", type=int, default=3, help="timed repetitions per measurement; the best is kept")
     clip.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    clip.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
-    clip.set_defaults(func=run_clip_bench)
 
-    train = benches.add_parser(
-        "train",
-        help="env steps/s: label every step vs label-every-k + distillation",
-        description="Runs the config twice for --steps env steps (no eval, no video): labelling every step, "
-        "then labelling every --label-every-th vector step with a distilled reward net; prints env steps/s.",
-    )
+    train = bench("train", run_train_bench, "env steps/s: label every step vs label-every-k + distillation",
+                  "Runs the config twice for --steps env steps (no eval, no video): labelling every step, then "
+                  "labelling every --label-every-th vector step with a distilled reward net; prints env steps/s.")
     train.add_argument("--config", default="configs/cartpole_clip.yaml", help="online config to benchmark")
     train.add_argument("--pretrained", default=None, help="CLIP weights (default: random weights of the config's model)")
     train.add_argument("--steps", type=int, default=2048, help="env steps per measured run")
     train.add_argument("--label-every", type=int, default=8, help="label one vector step in this many once the net is fitted (default: 8)")
-    train.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
-    train.set_defaults(func=run_train_bench)
 
-    labels = benches.add_parser(
-        "labels",
-        help="preference pairs/s against an OpenAI-compatible endpoint",
-        description="Labels random frame pairs at each concurrency level with a fresh label store, then asks "
-        "again to show that stored pairs cost no request. Reference setting: "
-        "python tests/openai_test_server.py --port 18777 --latency-ms 200",
-    )
+    labels = bench("labels", run_labels_bench, "preference pairs/s against an OpenAI-compatible endpoint",
+                   "Labels random frame pairs at each concurrency level with a fresh label store, then asks again "
+                   "to show that stored pairs cost no request. Reference setting: "
+                   "python tests/openai_test_server.py --port 18777 --latency-ms 200")
     labels.add_argument("--endpoint", required=True, help="base URL, e.g. http://127.0.0.1:8000/v1")
     labels.add_argument("--model", default="test-vlm", help="model name sent with each request (default: test-vlm)")
     labels.add_argument("--concurrency", default="1,4,16", help="comma-separated concurrency levels")
     labels.add_argument("--pairs", type=int, default=32, help="pairs per level")
     labels.add_argument("--frame-size", type=int, default=64, help="frame side in pixels")
-    labels.set_defaults(func=run_labels_bench)
 
-    render = benches.add_parser(
-        "render",
-        help="rendered frames/s of a vector env: one process (dummy) vs one worker per env (subproc)",
-        description="Steps --n-envs envs with random actions, rendering every step (as online labelling "
-        "does), once per --vec-envs entry, and reports frames/s (steps x envs per second).",
-    )
+    render = bench("render", run_render_bench,
+                   "rendered frames/s of a vector env: one process (dummy) vs one worker per env (subproc)",
+                   "Steps --n-envs envs with random actions, rendering every step (as online labelling does), "
+                   "once per --vec-envs entry, and reports frames/s (steps x envs per second).")
     render.add_argument("--envs", default="vlmrl/HumanoidTextured-v0,vlmrl/CartPoleFixedLength-v1",
                         help="comma-separated env ids")
     render.add_argument("--n-envs", type=int, default=4, help="envs per vector env (default: 4)")
     render.add_argument("--vec-envs", default="dummy,subproc", help="comma-separated: dummy, subproc")
     render.add_argument("--size", type=int, default=224, help="render size in pixels, square (default: 224)")
     render.add_argument("--steps", type=int, default=50, help="timed vector steps (default: 50)")
-    render.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
-    render.set_defaults(func=run_render_bench)
 
-    relabel = benches.add_parser(
-        "relabel",
-        help="offline relabelling frames/s and peak RSS",
-        description="Writes a synthetic Minari dataset of random frames (streamed, never all in memory), "
-        "relabels it end to end and reports frames/s, the peak RSS of this process and seconds per stage "
-        "(read: frames from disk; label: the model; write: chunk checkpoints; publish: the new dataset). "
-        "With --engine ray, one row per --workers entry, e.g. --engine ray --workers 1,2.",
-    )
+    relabel = bench("relabel", run_relabel_bench_command, "offline relabelling frames/s and peak RSS",
+                    "Writes a synthetic Minari dataset of random frames (streamed, never all in memory), relabels "
+                    "it end to end and reports frames/s, the peak RSS of this process and seconds per stage "
+                    "(read: frames from disk; label: the model; write: chunk checkpoints; publish: the new "
+                    "dataset). With --engine ray, one row per --workers entry, e.g. --engine ray --workers 1,2.")
     relabel.add_argument("--frames", type=int, default=100_000, help="frames in the synthetic dataset (default: 100000, ~15 GB at 224x224 on disk)")
     relabel.add_argument("--kinds", default="reward_net", help="comma-separated: reward_net, clip (random ViT-S-32 weights)")
     relabel.add_argument("--size", type=int, default=224, help="frame side in pixels (default: 224)")
@@ -107,36 +98,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     relabel.add_argument("--gpus-per-worker", type=float, default=0.0, help="ray: GPUs per actor (default: 0)")
     relabel.add_argument("--address", default=None, help="ray: cluster address (default: start a local one)")
     relabel.add_argument("--device", default="cpu", help="torch device of the labeler (default: cpu; auto on GPUs)")
-    relabel.set_defaults(func=run_relabel_bench_command)
 
-    from vlmrl import bench_async
+    bench_async.add_arguments(bench("async", bench_async.run, bench_async.HELP, bench_async.__doc__))
+    bench_pebble.add_arguments(bench("pebble", bench_pebble.run, bench_pebble.HELP, bench_pebble.__doc__))
 
-    async_bench = benches.add_parser("async", help=bench_async.HELP, description=bench_async.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    bench_async.add_arguments(async_bench)  # sets func
-
-    from vlmrl import bench_pebble
-
-    pebble = benches.add_parser("pebble", help=bench_pebble.HELP, description=bench_pebble.__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    bench_pebble.add_arguments(pebble)  # sets func
-
-    main = benches.add_parser(
-        "main",
-        help="the main job end to end: wall seconds, env steps/s and true return per seed",
-        description="Runs `vlmrl train CONFIG --set run.seed=S` in a fresh Python process for each seed (one "
-        "after the other, each with the whole machine), as a user would, and reports its wall-clock "
-        "seconds from process start to exit (imports, training, evaluation, video and report "
-        "included), its CPU seconds (user + system; wall >> cpu / cores means other processes "
-        "shared the machine), the training's env steps/s and the evaluation's true return.",
-    )
+    main = bench("main", run_main_bench, "the main job end to end: wall seconds, env steps/s and true return per seed",
+                 "Runs `vlmrl train CONFIG --set run.seed=S` in a fresh Python process for each seed (one after "
+                 "the other, each with the whole machine), as a user would, and reports its wall-clock seconds "
+                 "from process start to exit (imports, training, evaluation, video and report included), its "
+                 "CPU seconds (user + system; wall >> cpu / cores means other processes shared the machine), "
+                 "the training's env steps/s and the evaluation's true return.")
     main.add_argument("--config", default=MAIN_JOB_CONFIG, help=f"online config (default: {MAIN_JOB_CONFIG})")
     main.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, one run each (default: 0,1,2)")
     main.add_argument("--root", default=None, help="keep the run directories here (default: a temporary folder, deleted)")
     main.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="extra config override passed to every run; repeatable")
-    main.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
-    main.set_defaults(func=run_main_bench)
 
 
 MAIN_JOB_CONFIG = "configs/cartpole_pixels_pref.yaml"
@@ -225,7 +201,7 @@ def run_clip_bench(args: argparse.Namespace) -> int:
                 "label_fps": round(label_rate, 1),
                 "label_vs_encoder": round(label_rate / encoder_rate, 3),
                 "reward_net_fps": round(net_rate, 1),
-                "net_vs_clip": round(net_rate / label_rate, 1),
+                "net_vs_clip": float(f"{net_rate / label_rate:.4g}"),  # tiny test models can make it < 0.05
                 "peak_mem_mb": round(peak_memory_mb(labeler.device), 1),
             }
         )
@@ -366,7 +342,10 @@ def run_labels_bench(args: argparse.Namespace) -> int:
     from vlmrl.bench_labels import format_label_bench, run_label_bench
 
     rows = run_label_bench(args.endpoint, args.model, parse_ints(args.concurrency), n_pairs=args.pairs, frame_size=(args.frame_size, args.frame_size))
-    print(format_label_bench(rows))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_label_bench(rows))
     return 0
 
 
@@ -383,7 +362,7 @@ def run_relabel_bench_command(args: argparse.Namespace) -> int:
                                      engine=args.engine, workers=tuple(parse_ints(args.workers)),
                                      gpus_per_worker=args.gpus_per_worker, address=args.address, device=args.device):
             rows.append({"kind": kind, **{k: _tidy(v) for k, v in row.items()}})
-    print_rows(rows, False, f"frames={args.frames} size={args.size}x{args.size} (read/label s summed over workers)")
+    print_rows(rows, args.json, f"frames={args.frames} size={args.size}x{args.size} (read/label s summed over workers)")
     return 0
 
 

@@ -30,7 +30,7 @@ MODES = ("sync", "async", "teacher")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``vlmrl bench async``; sets ``func``."""
+    """The options of ``vlmrl bench async`` (``--json`` and ``func`` come from ``vlmrl bench``)."""
     parser.add_argument("--latency-ms", default="1000,2000", help="comma-separated server latencies per request (default: 1000,2000)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated: sync, async, teacher (default: all)")
     parser.add_argument("--steps", type=int, default=12000, help="env steps per run (default: 12000)")
@@ -41,8 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queue-size", type=int, default=16,
                         help="async: pairs that may wait for the worker (default: 16, two waves of 8: fresh labels, the rest dropped)")
     parser.add_argument("--max-concurrency", type=int, default=8, help="pairs asked at once (default: 8)")
-    parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ DEFAULT_CONFIG = "configs/metaworld_drawer_open_oracle_pref.yaml"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``vlmrl bench pebble``; sets ``func``."""
+    """The options of ``vlmrl bench pebble`` (``--json`` and ``func`` come from ``vlmrl bench``)."""
     parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"online preference config (default: {DEFAULT_CONFIG})")
     parser.add_argument("--budgets", default="1000,5000,20000", help="comma-separated preference budgets (pairs)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
@@ -33,8 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", default=None, help="keep the run directories here (default: a temporary folder)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override for every run; repeatable")
-    parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -122,9 +122,7 @@ def fit_preference_model(dataset: Any, config: RelabelConfig, index: FrameIndex,
     model = RewardModel(net_config, ensemble_size=pref.net.ensemble_size, device=device, seed=config.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        fit = fit_bradley_terry(model, first_in, second_in, fit_labels[keep], epochs=pref.fit.epochs,
-                                batch_size=pref.fit.batch_size, lr=pref.fit.lr,
-                                heldout_fraction=pref.fit.heldout_fraction, seed=config.seed)
+        fit = fit_bradley_terry(model, first_in, second_in, fit_labels[keep], pref.fit, seed=config.seed)
     model.save(model_path)
     counts = {
         "pairs_queried": int(len(labels_all)),

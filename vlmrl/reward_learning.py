@@ -23,7 +23,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from vlmrl.reward_learning_config import FitConfig
 from vlmrl.reward_nets import RewardModel
+
+REGRESSION_FIT = FitConfig(epochs=5, batch_size=256)
+"""``fit_regression``'s default: distillation targets are plentiful and cheap, so fewer, larger steps."""
 
 
 @dataclass(frozen=True)
@@ -65,17 +69,6 @@ class FitResult:
         return {k: float(v) for k, v in asdict(self).items() if k != "objective"}
 
 
-def _check_fit_args(epochs: int, batch_size: int, lr: float, heldout_fraction: float) -> None:
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    if not 0 <= heldout_fraction < 1:
-        raise ValueError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
-
-
 def _split(n: int, heldout_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Random (train, heldout) index arrays; the training split keeps at least one item."""
     order = rng.permutation(n)
@@ -99,23 +92,30 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def _fit_result(objective: str, fit: FitConfig, steps_per_epoch: int, train_idx: np.ndarray, heldout_idx: np.ndarray,
+                train_loss: float, heldout_loss: float, start_time: float, **metrics: float) -> FitResult:
+    """The bookkeeping every fit reports (steps, split sizes, losses, seconds) plus its objective's own metrics."""
+    return FitResult(objective=objective, epochs=fit.epochs, steps=fit.epochs * steps_per_epoch, n_train=len(train_idx),
+                     n_heldout=len(heldout_idx), train_loss=train_loss, heldout_loss=heldout_loss,
+                     seconds=time.perf_counter() - start_time, **metrics)
+
+
 def _train_members(
     model: RewardModel,
     train_idx: np.ndarray,
     member_loss: Callable[[nn.Module, torch.Tensor], torch.Tensor],
-    epochs: int,
-    batch_size: int,
-    lr: float,
+    fit: FitConfig,
     rng: np.random.Generator,
 ) -> tuple[int, float]:
     """Adam on every member, each with its own shuffle of ``train_idx`` per epoch.
 
     Returns (gradient steps per epoch, mean batch loss of the last epoch averaged over members).
     """
-    optimizer = torch.optim.Adam(model.members.parameters(), lr=lr)
+    batch_size = fit.batch_size
+    optimizer = torch.optim.Adam(model.members.parameters(), lr=fit.lr)
     steps_per_epoch = math.ceil(len(train_idx) / batch_size)
     epoch_loss = math.nan
-    for _ in range(epochs):
+    for _ in range(fit.epochs):
         orders = [train_idx[o] for o in _member_orders(len(train_idx), model.ensemble_size, rng)]
         loss_sum = 0.0
         for step in range(steps_per_epoch):
@@ -135,11 +135,8 @@ def fit_regression(
     model: RewardModel,
     inputs: np.ndarray,
     targets: np.ndarray,
+    fit: FitConfig = REGRESSION_FIT,
     *,
-    epochs: int = 5,
-    batch_size: int = 256,
-    lr: float = 3e-4,
-    heldout_fraction: float = 0.1,
     seed: int = 0,
 ) -> FitResult:
     """Distil a per-item reward (e.g. CLIP scores of frames) into the model by MSE.
@@ -152,13 +149,10 @@ def fit_regression(
         model: trained in place, from its current weights.
         inputs: cnn: uint8 frames ``[N, H, W, 3]``; mlp: float states ``[N, obs_dim]``.
         targets: float ``[N]`` rewards, all finite.
-        epochs: passes over the training split.
-        batch_size: items per gradient step and member.
-        lr: Adam learning rate.
-        heldout_fraction: share of items kept out of training for the held-out metrics.
+        fit: epochs, batch size (items per gradient step and member), learning rate and
+            held-out share (items kept out of training for the held-out metrics).
         seed: seeds the split and the members' shuffles.
     """
-    _check_fit_args(epochs, batch_size, lr, heldout_fraction)
     start_time = time.perf_counter()
     targets = np.asarray(targets, dtype=np.float64)
     if targets.ndim != 1 or len(targets) != len(inputs):
@@ -171,7 +165,7 @@ def fit_regression(
     prepared = model.prepare(inputs)
     _init_state_normaliser(model, prepared)
     rng = np.random.default_rng(seed)
-    train_idx, heldout_idx = _split(len(targets), heldout_fraction, rng)
+    train_idx, heldout_idx = _split(len(targets), fit.heldout_fraction, rng)
     mean = float(targets[train_idx].mean())
     std = float(targets[train_idx].std())
     model.target_mean, model.target_std = mean, (std if std > 1e-8 else 1.0)
@@ -181,7 +175,7 @@ def fit_regression(
         x = model.to_network_input(prepared[idx])
         return F.mse_loss(model.output_scale * member(x), z[idx].to(model.device))
 
-    steps_per_epoch, last_epoch_loss = _train_members(model, train_idx, member_loss, epochs, batch_size, lr, rng)
+    steps_per_epoch, last_epoch_loss = _train_members(model, train_idx, member_loss, fit, rng)
 
     heldout_loss = heldout_pearson = math.nan
     if len(heldout_idx) > 0:
@@ -189,17 +183,8 @@ def fit_regression(
         actual = targets[heldout_idx]
         heldout_loss = float(np.mean(((predicted - actual) / model.target_std) ** 2))
         heldout_pearson = _pearson(predicted, actual)
-    return FitResult(
-        objective="regression",
-        epochs=epochs,
-        steps=epochs * steps_per_epoch,
-        n_train=len(train_idx),
-        n_heldout=len(heldout_idx),
-        train_loss=last_epoch_loss,
-        heldout_loss=heldout_loss,
-        heldout_pearson=heldout_pearson,
-        seconds=time.perf_counter() - start_time,
-    )
+    return _fit_result("regression", fit, steps_per_epoch, train_idx, heldout_idx, last_epoch_loss, heldout_loss,
+                       start_time, heldout_pearson=heldout_pearson)
 
 
 def _preference_metrics(
@@ -266,11 +251,8 @@ def fit_bradley_terry(
     first: np.ndarray,
     second: np.ndarray,
     labels: np.ndarray,
+    fit: FitConfig = FitConfig(),
     *,
-    epochs: int = 10,
-    batch_size: int = 128,
-    lr: float = 3e-4,
-    heldout_fraction: float = 0.1,
     seed: int = 0,
 ) -> FitResult:
     """Learn a reward from pairwise preferences with the Bradley-Terry model.
@@ -288,16 +270,13 @@ def fit_bradley_terry(
             [0, 1], e.g. from :func:`preference_fit_labels`), NaN = no label (pair dropped and
             counted as ``n_unlabelled``). Note RL-VLM-F's VLM answers the opposite way
             (``0`` = image 1 better); convert before calling.
-        epochs: passes over the labelled training pairs.
-        batch_size: pairs per gradient step and member.
-        lr: Adam learning rate.
-        heldout_fraction: share of labelled pairs kept out of training for the held-out metrics.
+        fit: epochs over the labelled training pairs, batch size (pairs per gradient step and
+            member), learning rate and held-out share (labelled pairs kept out of training).
         seed: seeds the split and the members' shuffles.
 
     Returns:
         A :class:`FitResult`; with no labelled pair at all nothing is trained and ``n_train`` is 0.
     """
-    _check_fit_args(epochs, batch_size, lr, heldout_fraction)
     start_time = time.perf_counter()
     labels = np.asarray(labels, dtype=np.float64)
     if labels.ndim != 1 or not len(first) == len(second) == len(labels):
@@ -321,14 +300,14 @@ def fit_bradley_terry(
     y_all = torch.as_tensor(labels, dtype=torch.float32)
 
     rng = np.random.default_rng(seed)
-    train_idx, heldout_idx = _split(len(labels), heldout_fraction, rng)
+    train_idx, heldout_idx = _split(len(labels), fit.heldout_fraction, rng)
     def member_loss(member: nn.Module, idx: torch.Tensor) -> torch.Tensor:
         # One forward pass over both halves of the pairs.
         x = model.to_network_input(torch.cat([first_p[idx], second_p[idx]]))
         r1, r2 = (model.output_scale * member(x)).chunk(2)
         return F.binary_cross_entropy_with_logits(r1 - r2, y_all[idx].to(model.device))
 
-    steps_per_epoch, last_epoch_loss = _train_members(model, train_idx, member_loss, epochs, batch_size, lr, rng)
+    steps_per_epoch, last_epoch_loss = _train_members(model, train_idx, member_loss, fit, rng)
 
     def metrics_on(idx: np.ndarray) -> tuple[float, float]:
         rows = torch.as_tensor(idx)
@@ -338,16 +317,6 @@ def fit_bradley_terry(
     heldout_loss = heldout_accuracy = math.nan
     if len(heldout_idx) > 0:
         heldout_loss, heldout_accuracy = metrics_on(heldout_idx)
-    return FitResult(
-        objective="bradley_terry",
-        epochs=epochs,
-        steps=epochs * steps_per_epoch,
-        n_train=len(train_idx),
-        n_heldout=len(heldout_idx),
-        n_unlabelled=n_unlabelled,
-        train_loss=last_epoch_loss,
-        heldout_loss=heldout_loss,
-        heldout_accuracy=heldout_accuracy,
-        train_accuracy=train_accuracy,
-        seconds=time.perf_counter() - start_time,
-    )
+    return _fit_result("bradley_terry", fit, steps_per_epoch, train_idx, heldout_idx, last_epoch_loss, heldout_loss,
+                       start_time, n_unlabelled=n_unlabelled, heldout_accuracy=heldout_accuracy,
+                       train_accuracy=train_accuracy)

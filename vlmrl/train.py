@@ -59,29 +59,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", nargs="?", help="YAML config file, e.g. configs/cartpole_clip.yaml")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key (dotted path, value parsed as YAML); repeatable",
-    )
-    parser.add_argument(
-        "--resume",
-        metavar="RUN_DIR",
-        help="continue a run from its latest checkpoint (its config.yaml is used; --set may extend "
-        "agent.total_timesteps)",
-    )
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (dotted path, value parsed as YAML); repeatable")
     parser.add_argument("--no-video", action="store_true", help="skip the video of the final policy")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument(
-        "--baselines",
-        default="",
-        help="offline configs only: comma-separated baselines trained by the same command (bc, iql-gt); "
-        "default: the config's list",
-    )
-    parser.add_argument("--seeds", default="", help="offline configs only: comma-separated seeds, e.g. 0,1,2")
+    online = parser.add_argument_group("online configs (agent.algo ppo or sac)")
+    online.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint (its "
+                        "config.yaml is used; --set may extend agent.total_timesteps)")
+    offline = parser.add_argument_group("offline configs (agent.algo iql)")
+    offline.add_argument("--baselines", default="", help="comma-separated baselines trained by the same command "
+                         "(bc, iql-gt); default: the config's run.baselines")
+    offline.add_argument("--seeds", default="", help="comma-separated seeds, e.g. 0,1,2; default: the config's run.seeds")
     parser.set_defaults(func=run)
 
 
@@ -114,6 +102,9 @@ def _run(args: argparse.Namespace) -> int:
             seeds = [int(s) for s in args.seeds.split(",") if s] or None
             run_offline_training(args.config, args.overrides, baselines, seeds)
             return 0
+        if args.baselines or args.seeds:
+            raise UserError(f"--baselines and --seeds are for offline configs (agent.algo iql); {args.config} is "
+                            "an online config: set its seed with --set run.seed=N")
         from vlmrl.runs import create_run_dir, run_dir_lock
 
         config = load_config(args.config, args.overrides)
