@@ -378,8 +378,9 @@ class HFPreferenceLabeler(PreferenceLabeler):
         self.processor.tokenizer.padding_side = "left"
         if self.processor.tokenizer.pad_token_id is None:
             self.processor.tokenizer.pad_token = self.processor.tokenizer.eos_token
-        self.answer_token_ids = answer_token_ids(self.processor.tokenizer)
-        """Token ids of the first tokens of ``0``, ``1``, ``-1`` (what ``logprobs`` mode scores)."""
+        # Only logprobs mode scores them: a tokenizer whose answers share a first token still serves text mode.
+        self.answer_token_ids = answer_token_ids(self.processor.tokenizer) if answer_mode == "logprobs" else None
+        """Token ids of the first tokens of ``0``, ``1``, ``-1`` (what ``logprobs`` mode scores); None in text mode."""
         self.batches: list[int] = []
         """Size of every model call so far (one entry per model turn of a batch)."""
         self._batcher = _PairBatcher(self._run_jobs, self.batch_size, float(batch_wait_s))

@@ -102,6 +102,19 @@ def test_random_model_probabilities_match_one_pair_at_a_time(random_model: Path,
         np.testing.assert_allclose(batched, one, rtol=1e-4, equal_nan=True)
 
 
+def test_a_tokenizer_whose_answers_share_a_first_token_still_serves_text_mode(random_model: Path, monkeypatch) -> None:
+    from vlmrl.reward_labelers import hf_preference
+
+    def shared_first_token(tokenizer):
+        raise ValueError("the answers start with the same token ids")
+
+    monkeypatch.setattr(hf_preference, "answer_token_ids", shared_first_token)
+    text = HFPreferenceLabeler(str(random_model), device="cpu", dtype="float32", two_stage=False)
+    assert text.answer_token_ids is None
+    with pytest.raises(ValueError, match="same token"):
+        logprobs_labeler(random_model, two_stage=False)
+
+
 def test_answer_token_ids_are_the_first_tokens(random_model: Path) -> None:
     labeler = logprobs_labeler(random_model, two_stage=False)
     tokenizer = labeler.processor.tokenizer
