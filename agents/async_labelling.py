@@ -127,6 +127,16 @@ def _serve(answer: AnswerBatch, jobs: Any, results: Any, stop: Any, batch_size: 
         results.put((ids, answers, None))
 
 
+def _start_serving(answer: AnswerBatch, jobs: Any, results: Any, stop: Any, threads: int,
+                   batch_size: int) -> list[threading.Thread]:
+    """Start ``threads`` (at least one) daemon threads running :func:`_serve`; returns them."""
+    started = [threading.Thread(target=_serve, args=(answer, jobs, results, stop, batch_size),
+                                name=f"vlmrl-labelling-{i}", daemon=True) for i in range(max(1, threads))]
+    for thread in started:
+        thread.start()
+    return started
+
+
 @dataclass(frozen=True)
 class _WorkerError:
     """An exception raised in a worker (picklable: it may come from the worker process)."""
@@ -160,13 +170,7 @@ class LabellingWorker:
         self.jobs: Any = queue.Queue(maxsize=queue_size or 0)
         self.results: Any = queue.Queue()
         self.stop = threading.Event()
-        self.threads = [
-            threading.Thread(target=_serve, args=(answer, self.jobs, self.results, self.stop, batch_size),
-                             name=f"vlmrl-labelling-{i}", daemon=True)
-            for i in range(max(1, threads))
-        ]
-        for thread in self.threads:
-            thread.start()
+        self.threads = _start_serving(answer, self.jobs, self.results, self.stop, threads, batch_size)
 
     def offer(self, job_id: int, payload: Any) -> bool:
         """Queue a job; False (and nothing queued) when the queue is full or the worker is closed."""
@@ -218,9 +222,7 @@ def _process_main(factory: Callable[[], AnswerBatch], jobs: Any, results: Any, s
         results.put((None, None, _WorkerError.of(error)))
         return
     results.put((None, None, None))  # ready
-    for i in range(max(1, threads)):
-        threading.Thread(target=_serve, args=(answer, jobs, results, stop, batch_size),
-                         name=f"vlmrl-labelling-{i}", daemon=True).start()
+    _start_serving(answer, jobs, results, stop, threads, batch_size)
     parent = multiprocessing.parent_process()
     while not stop.wait(0.5):
         if parent is not None and not parent.is_alive():  # the training process was killed
@@ -367,7 +369,6 @@ class QueuedPairAnswers:
         self.goal = goal
         self.worker = worker
         self.wait = wait
-        self.rounds_overlap = not wait
         self.failures = FailureStreak(max_consecutive_failures)
         self.should_stop = should_stop
         self.jobs: dict[int, _Job] = {}
@@ -376,8 +377,9 @@ class QueuedPairAnswers:
         self._ready: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
 
     @property
-    def jobs_in_flight(self) -> int:
-        return len(self.jobs)
+    def rounds_overlap(self) -> bool:
+        """Rounds may be drawn while earlier ones are unanswered unless a round waits for its answers."""
+        return not self.wait
 
     def submit(self, query: PairQuery) -> np.ndarray:
         """Plan the round and queue its questions; returns bool ``[n]``: False for dropped pairs."""
@@ -560,13 +562,11 @@ class BackgroundFrameLabels:
 
     def __init__(self, labeler: Any, queue_size: int, batch_size: int = 64) -> None:
         self.worker = LabellingWorker(functools.partial(_label_frames, labeler), queue_size, batch_size=batch_size)
-        self.in_flight = 0
 
     def submit(self, ids: np.ndarray, frames: np.ndarray, true_rewards: np.ndarray) -> np.ndarray:
         """Queue frames (uint8 ``[N, H, W, 3]``) with their ids; returns bool ``[N]``, False for dropped ones."""
         accepted = np.array([self.worker.offer(int(i), (frame, float(r))) for i, frame, r in zip(ids, frames, true_rewards)],
                             dtype=bool)
-        self.in_flight += int(accepted.sum())
         return accepted
 
     def poll(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -574,7 +574,6 @@ class BackgroundFrameLabels:
         answered = self.worker.drain()
         if not answered:
             return None
-        self.in_flight -= len(answered)
         ids = np.array([job_id for job_id, _ in answered], dtype=np.int64)
         return ids, np.array([label for _, label in answered], dtype=np.float32)
 

@@ -206,12 +206,7 @@ class LabelledRewardVecEnv(RewardVecEnvWrapper):
             self.refit()
         self.last_inputs = inputs
         self.reward_info_key = "net_reward"
-        start = time.perf_counter()
-        rewards = self.reward(inputs)
-        self.stats.net_seconds += time.perf_counter() - start
-        self.stats.net_frames += len(rewards)
-        self.stats.recent_net_rewards.extend(rewards.tolist())
-        return rewards
+        return self._net_reward(inputs)
 
     def _submit(self, inputs: np.ndarray, frames: np.ndarray, true_rewards: np.ndarray) -> None:
         ids = np.arange(self.submitted_frames, self.submitted_frames + len(frames), dtype=np.int64)
@@ -263,8 +258,9 @@ class LabelledRewardVecEnv(RewardVecEnvWrapper):
         return labels
 
     def _net_reward(self, frames: np.ndarray) -> np.ndarray:
+        """The net's reward for ``frames`` (0 before its first fit), timed and recorded."""
         start = time.perf_counter()
-        rewards = self.reward_model.predict(frames)
+        rewards = self.reward(frames)
         self.stats.net_seconds += time.perf_counter() - start
         self.stats.net_frames += len(rewards)
         self.stats.recent_net_rewards.extend(rewards.tolist())

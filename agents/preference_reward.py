@@ -40,7 +40,7 @@ from vlmrl.agents.pebble import StateEntropyExploration
 from vlmrl.agents.preference_config import OnlinePreferenceConfig
 from vlmrl.agents.preference_rounds import PairAnswers, PreferenceLearner, PreferenceRoundStats
 from vlmrl.agents.reward_wrapper import RewardVecEnvWrapper
-from vlmrl.agents.rollout_relabel import REPLAY_INPUTS_FILE, PPORolloutRelabelCallback, SACReplayRelabelCallback
+from vlmrl.agents.rollout_relabel import PPORolloutRelabelCallback, SACReplayRelabelCallback
 from vlmrl.agents.training_callbacks import RewardMetricsCallback
 from vlmrl.errors import ConfigError
 from vlmrl.reward_learning import FitResult
@@ -80,8 +80,9 @@ class PreferenceRewardVecEnv(RewardVecEnvWrapper):
         reward_model: the ensemble to fit (cnn on frames or mlp on observations).
         schedule: query and fit schedule (the ``preference:`` section).
         seed: seeds pair sampling and the fits.
-        answers: where query rounds are labelled; None builds them for ``labeler`` and
-            ``schedule.labeling`` (:func:`~vlmrl.agents.async_labelling.make_pair_answers`).
+        answers: where query rounds are labelled (:func:`build_preference_env` builds them for
+            ``labeler`` and ``schedule.labeling`` with
+            :func:`~vlmrl.agents.async_labelling.make_pair_answers`).
 
     Attributes:
         learner: the :class:`~vlmrl.agents.preference_rounds.PreferenceLearner` (ring buffer,
@@ -103,7 +104,8 @@ class PreferenceRewardVecEnv(RewardVecEnvWrapper):
         reward_model: RewardModel,
         schedule: OnlinePreferenceConfig | None = None,
         seed: int = 0,
-        answers: PairAnswers | None = None,
+        *,
+        answers: PairAnswers,
     ) -> None:
         super().__init__(venv)
         self.labeler = labeler
@@ -111,9 +113,6 @@ class PreferenceRewardVecEnv(RewardVecEnvWrapper):
         if reward_model.config.kind != self.schedule.net.kind:
             raise ValueError(f"reward_model is a {reward_model.config.kind} but schedule.net.kind is {self.schedule.net.kind!r}")
         self.labeler_reads_frames = bool(getattr(labeler, "needs_frames", True))
-        if answers is None:
-            answers = make_pair_answers(labeler, goal, self.schedule.labeling, self.schedule.queue_size,
-                                        self.schedule.max_consecutive_failures)
         self.learner = PreferenceLearner(self.schedule, reward_model, self.num_envs, answers, seed=seed)
         self.labeling_at_checkpoint: str | None = None
         """The labelling mode of the checkpoint this run resumed from (None before a load)."""
@@ -137,7 +136,7 @@ class PreferenceRewardVecEnv(RewardVecEnvWrapper):
 
     @property
     def needs_frames(self) -> bool:
-        return self.labeler_reads_frames or self.reward_model.config.kind == "cnn"
+        return preference_needs_frames(self.labeler, self.schedule)
 
     @property
     def reward_version(self) -> int:
@@ -319,10 +318,7 @@ def build_preference_env(
 
 
 __all__ = [
-    "PPORolloutRelabelCallback",
     "PreferenceRewardVecEnv",
-    "REPLAY_INPUTS_FILE",
-    "SACReplayRelabelCallback",
     "build_preference_env",
     "make_preference_reward_model",
     "preference_needs_frames",

@@ -180,31 +180,75 @@ class StepRing:
 
 
 class PairDataset:
-    """Every labelled pair so far: net inputs of both sides, label, and the sides' true returns."""
+    """Every labelled pair so far: net inputs of both sides, label, and the sides' true returns.
+
+    Pairs arrive in small batches (with asynchronous answers, at almost every env step) but are
+    read only at a refit or a checkpoint, so ``add`` keeps the batches and the arrays are joined on
+    the first read after it, not copied whole at every arrival.
+    """
+
+    _COLUMNS = ("first", "second", "labels", "true_first", "true_second", "p_first", "p_second")
 
     def __init__(self) -> None:
-        self.first: np.ndarray | None = None
-        self.second: np.ndarray | None = None
-        self.labels = np.zeros(0, dtype=np.float32)
-        self.true_first = np.zeros(0, dtype=np.float64)
-        self.true_second = np.zeros(0, dtype=np.float64)
-        # The answers' probabilities (NaN where unknown), for preference.label_confidence.
-        self.p_first = np.zeros(0, dtype=np.float32)
-        self.p_second = np.zeros(0, dtype=np.float32)
+        self._batches: dict[str, list[np.ndarray]] = {name: [] for name in self._COLUMNS}
+        self._size = 0
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return self._size
 
     def add(self, first: np.ndarray, second: np.ndarray, labels: np.ndarray, true_first: np.ndarray,
             true_second: np.ndarray, p_first: np.ndarray | None = None, p_second: np.ndarray | None = None) -> None:
+        # The answers' probabilities are NaN where unknown (for preference.label_confidence).
         unknown = np.full(len(labels), np.nan, dtype=np.float32)
-        self.first = first.copy() if self.first is None else np.concatenate([self.first, first])
-        self.second = second.copy() if self.second is None else np.concatenate([self.second, second])
-        self.labels = np.concatenate([self.labels, labels.astype(np.float32)])
-        self.true_first = np.concatenate([self.true_first, true_first])
-        self.true_second = np.concatenate([self.true_second, true_second])
-        self.p_first = np.concatenate([self.p_first, unknown if p_first is None else p_first.astype(np.float32)])
-        self.p_second = np.concatenate([self.p_second, unknown if p_second is None else p_second.astype(np.float32)])
+        batch = {"first": first.copy(), "second": second.copy(), "labels": labels.astype(np.float32),
+                 "true_first": np.asarray(true_first, dtype=np.float64),
+                 "true_second": np.asarray(true_second, dtype=np.float64),
+                 "p_first": unknown if p_first is None else p_first.astype(np.float32),
+                 "p_second": unknown if p_second is None else p_second.astype(np.float32)}
+        for name, values in batch.items():
+            self._batches[name].append(values)
+        self._size += len(labels)
+
+    def _column(self, name: str) -> np.ndarray:
+        batches = self._batches[name]
+        if len(batches) > 1:
+            batches[:] = [np.concatenate(batches)]
+        return batches[0]
+
+    @property
+    def first(self) -> np.ndarray | None:
+        """Net inputs of the first sides, ``[N, ...]``; None before the first pair."""
+        return self._column("first") if self._size else None
+
+    @property
+    def second(self) -> np.ndarray | None:
+        """Net inputs of the second sides, ``[N, ...]``; None before the first pair."""
+        return self._column("second") if self._size else None
+
+    @property
+    def labels(self) -> np.ndarray:
+        """float32 ``[N]``: 1.0 first preferred, 0.0 second, 0.5 tie, NaN none."""
+        return self._column("labels") if self._size else np.zeros(0, dtype=np.float32)
+
+    @property
+    def true_first(self) -> np.ndarray:
+        """float64 ``[N]``: true return of each first side."""
+        return self._column("true_first") if self._size else np.zeros(0, dtype=np.float64)
+
+    @property
+    def true_second(self) -> np.ndarray:
+        """float64 ``[N]``: true return of each second side."""
+        return self._column("true_second") if self._size else np.zeros(0, dtype=np.float64)
+
+    @property
+    def p_first(self) -> np.ndarray:
+        """float32 ``[N]``: the answer's P(image 1), NaN where unknown."""
+        return self._column("p_first") if self._size else np.zeros(0, dtype=np.float32)
+
+    @property
+    def p_second(self) -> np.ndarray:
+        """float32 ``[N]``: the answer's P(image 2), NaN where unknown."""
+        return self._column("p_second") if self._size else np.zeros(0, dtype=np.float32)
 
     def fit_labels(self, mode: str, min_confidence: float) -> np.ndarray:
         """The labels to fit: as answered (``hard``, no threshold: unchanged, bit for bit), or

@@ -50,11 +50,6 @@ class SACReplayRelabelCallback(CheckpointedCallback):
         self._version_seen = 0
         self._pending: np.ndarray | None = None
 
-    @property
-    def preference_env(self) -> RewardVecEnvWrapper:
-        """The wrapper (the name from when only preference wrappers were relabelled)."""
-        return self.reward_env
-
     def _on_training_start(self) -> None:
         buffer = getattr(self.model, "replay_buffer", None)
         if buffer is None:

@@ -15,13 +15,9 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 import vlmrl.envs  # noqa: F401
 from vlmrl.agents.frame_capture import FrameInInfo
 from vlmrl.agents.preference_config import OnlinePreferenceConfig
-from vlmrl.agents.preference_reward import (
-    SACReplayRelabelCallback,
-    build_preference_env,
-    make_preference_reward_model,
-    preference_needs_frames,
-)
+from vlmrl.agents.preference_reward import build_preference_env, make_preference_reward_model, preference_needs_frames
 from vlmrl.agents.preference_rounds import PreferenceLearner, StepRing, SynchronousAnswers
+from vlmrl.agents.rollout_relabel import SACReplayRelabelCallback
 from vlmrl.agents.training_callbacks import RewardMetricsCallback
 from vlmrl.config import load_config
 from vlmrl.evaluation import true_returns
