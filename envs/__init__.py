@@ -21,6 +21,8 @@ does not load MuJoCo, metaworld or pygame.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import gymnasium
 
 from vlmrl.errors import ConfigError
@@ -59,15 +61,23 @@ METAWORLD_ENV_IDS: dict[str, str] = {
 }
 
 
+def canonical_task(task: str, available: Sequence[str] = METAWORLD_TASKS) -> str:
+    """``task`` without a ``-v3`` suffix, checked against ``available``.
+
+    :raises ConfigError: the task is unknown; the message lists the available ones.
+    """
+    name = task.removesuffix("-v3") if isinstance(task, str) else task
+    if name not in available:
+        raise ConfigError(f"unknown Meta-World task {task!r}; available: {', '.join(sorted(available))}")
+    return name
+
+
 def metaworld_env_id(task: str) -> str:
     """The vlmrl env id of a Meta-World task (``"drawer-open"`` or ``"drawer-open-v3"``).
 
     :raises ConfigError: unknown task; the message lists the available ones.
     """
-    name = task.removesuffix("-v3")
-    if name not in METAWORLD_ENV_IDS:
-        raise ConfigError(f"unknown Meta-World task {task!r}; available: {', '.join(sorted(METAWORLD_TASKS))}")
-    return METAWORLD_ENV_IDS[name]
+    return METAWORLD_ENV_IDS[canonical_task(task)]
 
 
 # max_episode_steps is set only where Gymnasium's TimeLimit should truncate; the fixed-length
@@ -97,5 +107,6 @@ __all__ = [
     "METAWORLD_ENV_IDS",
     "METAWORLD_TASKS",
     "MOUNTAIN_CAR_TEXTURED_ID",
+    "canonical_task",
     "metaworld_env_id",
 ]

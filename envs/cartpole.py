@@ -187,7 +187,6 @@ class CartPoleEnv(GymCartPoleEnv):
         check_positive_ints(render_width=render_width, render_height=render_height)
         super().__init__(sutton_barto_reward=sutton_barto_reward, render_mode=render_mode)
         self.render_width, self.render_height = render_width, render_height
-        self.screen_width, self.screen_height = native_canvas_size(render_width, render_height)
 
     def step(self, action: int):
         obs, reward, terminated, truncated, info = super().step(action)

@@ -56,6 +56,7 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 from gymnasium import spaces  # noqa: E402
 
+from vlmrl.envs import canonical_task  # noqa: E402
 from vlmrl.envs.validation import check_positive_ints, check_render_mode  # noqa: E402
 from vlmrl.errors import ConfigError, UserError  # noqa: E402
 
@@ -152,17 +153,6 @@ def import_metaworld_envs() -> dict[str, type[SawyerXYZEnv]]:
     except ImportError as error:
         raise metaworld_missing(error) from error
     return {name.removesuffix("-v3"): cls for name, cls in ALL_V3_ENVIRONMENTS.items()}
-
-
-def canonical_task(task: str, available: list[str] | tuple[str, ...]) -> str:
-    """``task`` without a ``-v3`` suffix, checked against ``available``.
-
-    :raises ConfigError: the task is unknown; the message lists the available ones.
-    """
-    name = task.removesuffix("-v3") if isinstance(task, str) else task
-    if name not in available:
-        raise ConfigError(f"unknown Meta-World task {task!r}; available: {', '.join(sorted(available))}")
-    return name
 
 
 def check_render_size(task: str, render_width: object, render_height: object) -> None:

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from vlmrl.errors import UserError
+from vlmrl.errors import UserError, first_line
 
 FRAMES_DIR = "frames"
 METADATA_KEY = "vlmrl"
@@ -149,6 +149,14 @@ class OfflineDataset:
         for index in range(self.num_episodes):
             yield self.episode(index)
 
+    def _source_dataset(self, source: str) -> OfflineDataset:
+        """The dataset this one was relabelled from, opened once per view: opening one checks all
+        its episodes, which per episode read would make reading every true reward quadratic."""
+        parent = self.__dict__.get("_source")
+        if parent is None:
+            parent = self._source = open_dataset(source)
+        return parent
+
     def true_rewards(self, episode: EpisodeData) -> np.ndarray:
         """float32 ``[T]`` ground-truth rewards: ``infos["true_reward"]`` when recorded, else the
         rewards of the dataset this one was relabelled from, else its own rewards."""
@@ -159,7 +167,7 @@ class OfflineDataset:
         source = self.metadata.get(METADATA_KEY, {}).get("source_dataset")
         if source:
             try:
-                parent = open_dataset(source)
+                parent = self._source_dataset(source)
             except UserError as error:
                 raise UserError(f"dataset {self.name!r}, episode {episode.index}: its true rewards are those of the "
                                 f"dataset it was relabelled from, {source!r}, which cannot be read: {error}") from error
@@ -198,7 +206,7 @@ class MinariOfflineDataset(OfflineDataset):
             (meta,) = list(self.storage.get_episode_metadata([index]))
         except (OSError, KeyError, ValueError) as error:  # h5py: corrupt chunks, a missing field
             raise UserError(f"dataset {self.name!r}, episode {index}: cannot read it from "
-                            f"{self.root / 'data'}: {_first_line(error)}") from error
+                            f"{self.root / 'data'}: {first_line(error)}") from error
         return EpisodeData(
             index=index,
             observations=raw["observations"],
@@ -228,7 +236,7 @@ class MinariOfflineDataset(OfflineDataset):
                 return np.load(path, mmap_mode="r")
             except (ValueError, OSError) as error:  # truncated or not an .npy file
                 raise UserError(f"dataset {self.name!r}, episode {index}, field 'frames': {path} is unreadable "
-                                f"({_first_line(error)})") from error
+                                f"({first_line(error)})") from error
         return _H5Frames(self, index, frames_key)
 
 
@@ -264,7 +272,7 @@ class _H5Frames:
             with h5py.File(self._file, "r") as file:
                 self._length = len(file[self._path])
         except (OSError, KeyError) as error:
-            raise UserError(f"{where}: cannot read {self._path} from {self._file}: {_first_line(error)}") from error
+            raise UserError(f"{where}: cannot read {self._path} from {self._file}: {first_line(error)}") from error
         self.shape = (self._length, *space.shape)
         self.dtype = np.dtype(space.dtype)
 
@@ -284,7 +292,7 @@ class _H5Frames:
             return np.stack([np.asarray(Image.open(io.BytesIO(bytes(b))), dtype=np.uint8) for b in data])
         except (OSError, KeyError) as error:
             raise UserError(f"{self._where}: cannot read frames {item} from {self._file}: "
-                            f"{_first_line(error)}") from error
+                            f"{first_line(error)}") from error
 
 
 class NpzOfflineDataset(OfflineDataset):
@@ -374,7 +382,7 @@ class _NpzArrays:
                     info.filename[: -len(".npy")]: info for info in archive.infolist() if info.filename.endswith(".npy")
                 }
         except (zipfile.BadZipFile, OSError) as error:
-            raise UserError(f"{path} is not a readable .npz file: {_first_line(error)}") from error
+            raise UserError(f"{path} is not a readable .npz file: {first_line(error)}") from error
         self.keys = set(self._members)
 
     def __getitem__(self, key: str) -> np.ndarray:
@@ -382,7 +390,7 @@ class _NpzArrays:
             try:
                 self._cache[key] = self._open(key)
             except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:  # truncated / not .npy
-                raise UserError(f"{self._path}, field {key!r}: unreadable ({_first_line(error)})") from error
+                raise UserError(f"{self._path}, field {key!r}: unreadable ({first_line(error)})") from error
         return self._cache[key]
 
     def _open(self, key: str) -> np.ndarray:
@@ -753,12 +761,6 @@ def _leaves(values: Any) -> Iterator[np.ndarray]:
         yield np.asarray(values)
 
 
-def _first_line(error: BaseException) -> str:
-    """An exception's message, first line only (h5py and numpy add multi-line detail)."""
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
-
-
 def _read_minari_metadata(dataset_id: str, path: Path) -> dict[str, Any]:
     """Minari's ``metadata.json`` as a dict, or a :class:`UserError` naming the file and the field."""
     where = f"dataset {dataset_id!r}, file {path}"
@@ -789,7 +791,7 @@ def _open_minari_storage(dataset_id: str, data_path: Path) -> Any:
     except (KeyError, ValueError, TypeError, AssertionError, gym.error.Error) as error:
         field = f", field {error.args[0]!r}" if isinstance(error, KeyError) and error.args else ""
         raise UserError(f"dataset {dataset_id!r}, file {data_path / METADATA_FILE}{field}: cannot read the "
-                        f"observation/action spaces or env spec ({type(error).__name__}: {_first_line(error)})") from error
+                        f"observation/action spaces or env spec ({type(error).__name__}: {first_line(error)})") from error
 
 
 def _check_hdf5_episodes(dataset_id: str, path: Path, total_episodes: int) -> None:
@@ -804,9 +806,9 @@ def _check_hdf5_episodes(dataset_id: str, path: Path, total_episodes: int) -> No
         with h5py.File(path, "r") as file:
             missing = [i for i in range(total_episodes) if f"episode_{i}" not in file]
     except BlockingIOError as error:  # HDF5 file locking: another process has it open for writing
-        raise UserError(f"{where}: locked by another process writing it ({_first_line(error)})") from error
+        raise UserError(f"{where}: locked by another process writing it ({first_line(error)})") from error
     except OSError as error:
-        raise UserError(f"{where}: not a readable HDF5 file, truncated or corrupt ({_first_line(error)})") from error
+        raise UserError(f"{where}: not a readable HDF5 file, truncated or corrupt ({first_line(error)})") from error
     if missing:
         raise UserError(f"{where}: metadata.json says {total_episodes} episodes but episode {missing[0]} is missing "
                         f"({len(missing)} missing)")

@@ -11,3 +11,10 @@ class ConfigError(UserError, ValueError):
 
 class MissingWeightsError(UserError, FileNotFoundError):
     """Model weights are neither on local disk nor fetchable; the message says how to provide them."""
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message, first line only (h5py and numpy add multi-line detail), or its
+    type's name when it has no message."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]

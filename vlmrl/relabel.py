@@ -64,7 +64,7 @@ import numpy as np
 
 from vlmrl.config import RelabelConfig, load_relabel_config
 from vlmrl.config_loading import to_plain
-from vlmrl.errors import UserError
+from vlmrl.errors import UserError, first_line
 from vlmrl.relabel_core import (
     CORE_VERSION,
     ChunkPlan,
@@ -372,7 +372,7 @@ def _publish(dataset: Any, source_id: str, config: RelabelConfig, label_info: di
         return writer.publish(metadata)
     except OSError as error:  # h5py / numpy writes: a full disk, a folder made read-only mid-run
         writer.discard()
-        raise UserError(f"cannot write dataset {out_id!r} in {writer.staging} ({_first_line(error)})") from error
+        raise UserError(f"cannot write dataset {out_id!r} in {writer.staging} ({first_line(error)})") from error
     except BaseException:
         writer.discard()
         raise
@@ -399,9 +399,9 @@ def _label_store_path(config: RelabelConfig) -> Path | None:
     """The label store a pairwise relabel writes (None for per-frame labelers)."""
     if config.labeler.family != "pair":
         return None
-    from vlmrl.relabel_preferences import default_label_store
+    from vlmrl.relabel_preferences import label_store_path
 
-    return Path(config.preference.label_store) if config.preference.label_store else default_label_store()
+    return label_store_path(config.preference)
 
 
 def _remove_if_empty_store(created: list[Path]) -> None:
@@ -425,11 +425,6 @@ def _remove_if_empty_store(created: list[Path]) -> None:
             created[0].rmdir()
         except OSError:
             pass  # not empty
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
 
 
 def _pad_final_step(dataset: Any, episode: Any) -> tuple[Any, np.ndarray | None]:

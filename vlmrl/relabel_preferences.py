@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from vlmrl.agents.preference_config import PreferenceLearningConfig
 from vlmrl.config import RelabelConfig
 from vlmrl.errors import UserError
 from vlmrl.relabel_core import FrameIndex, LabelerSpec, atomic_write_bytes, sample_pairs
@@ -27,6 +28,11 @@ def default_label_store() -> Path:
     from vlmrl.datasets import datasets_root
 
     return datasets_root() / ".label_stores" / "labels.sqlite"
+
+
+def label_store_path(pref: PreferenceLearningConfig) -> Path:
+    """The label store of a pairwise relabel: ``preference.label_store``, else the shared default."""
+    return Path(pref.label_store) if pref.label_store else default_label_store()
 
 
 def check_label_store(path: Path) -> None:
@@ -70,7 +76,7 @@ def fit_preference_model(dataset: Any, config: RelabelConfig, index: FrameIndex,
     pref, labeler_config = config.preference, config.labeler
     inputs = "observations" if pref.net.kind == "mlp" else "frames"
     device = labeler_config.device
-    store_path = Path(pref.label_store) if pref.label_store else default_label_store()
+    store_path = label_store_path(pref)
     if len(index.usable) < 2:
         raise UserError(f"dataset {dataset.name!r} has fewer than two frames to compare")
     model_path = work / MODEL_NAME

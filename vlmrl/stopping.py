@@ -19,8 +19,9 @@ env renders (``pygame.init()`` in their ``render``), installs its own SIGINT and
 that turn the signals into SDL quit events nobody reads, so ``kill`` and ``timeout`` did nothing
 to ``vlmrl train`` on a classic-control env (vlmrl's CartPole rendered through pygame until it
 drew its frames with numpy). SDL installs them only where the handler is still the default, and
-not at all with ``SDL_NO_SIGNAL_HANDLERS=1``: importing this module sets that (unless set
-already), so the env workers and any process started after it inherit it, and
+not at all with ``SDL_NO_SIGNAL_HANDLERS=1``: ``import vlmrl`` sets that
+(``vlmrl.headless.configure_headless``, unless set already), so the env workers and any process
+started after it inherit it, and
 :class:`StopRequest` installs its handlers before any env exists.
 """
 
@@ -31,9 +32,6 @@ import signal
 import threading
 from types import FrameType
 from typing import Any
-
-# SDL (pygame) must leave SIGINT/SIGTERM to Python: inherited by every process started after this import.
-os.environ.setdefault("SDL_NO_SIGNAL_HANDLERS", "1")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 from vlmrl.config import ExperimentConfig, load_config
 from vlmrl.config_loading import apply_overrides, build_dataclass, load_yaml, to_plain
 from vlmrl.errors import ConfigError, UserError
-from vlmrl.stopping import StopRequest, Stopped
+from vlmrl.stopping import StopRequest
 
 DESCRIPTION = """\
 Train an agent whose reward comes from a labeler instead of the environment.
@@ -74,14 +73,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except Stopped as stop:
-        print(f"vlmrl train: {stop}", file=sys.stderr)
-        return stop.exit_code
-
-
-def _run(args: argparse.Namespace) -> int:
+    # A Stopped (SIGTERM / SIGINT after a checkpoint) is reported by vlmrl.cli.main, as for every command.
     if args.resume:
         from vlmrl.runs import load_run_config, run_dir_lock
 
