@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 from gymnasium import utils  # noqa: E402
 from gymnasium.envs.mujoco.humanoid_v5 import HumanoidEnv  # noqa: E402
 
+from vlmrl.envs.mujoco_rendering import close_before_teardown, make_renderer  # noqa: E402
 from vlmrl.envs.validation import check_positive_ints, check_render_mode  # noqa: E402
 from vlmrl.errors import ConfigError  # noqa: E402
 
@@ -187,15 +188,8 @@ class HumanoidTexturedEnv(HumanoidEnv):
             gym.logger.warn("render() called without a render_mode; pass render_mode='rgb_array'.")
             return None
         if self._renderer is None:
-            self._renderer = mujoco.Renderer(self.model, height=self.height, width=self.width)
-            # An env nobody closed would otherwise free its GL context during interpreter
-            # teardown, when OSMesa/PyOpenGL are half gone, printing a traceback at exit. A
-            # finalizer runs at exit (before teardown) or when the env is collected, whichever
-            # comes first; it holds the renderer, not the env.
-            self._renderer_finalizer = weakref.finalize(self, self._renderer.close)
-            if self.render_quality == "fast":
-                self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
-                self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
+            self._renderer = make_renderer(self.model, self.height, self.width, self.render_quality)
+            self._renderer_finalizer = close_before_teardown(self, self._renderer)
         torso_xy = self.data.xpos[self._torso_id][:2]
         self._camera.lookat[:] = (torso_xy[0], torso_xy[1], CAMERA_LOOKAT_HEIGHT)
         self._renderer.update_scene(self.data, camera=self._camera)

@@ -44,6 +44,7 @@ process render correctly too (the tests check both).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +58,7 @@ import numpy as np  # noqa: E402
 from gymnasium import spaces  # noqa: E402
 
 from vlmrl.envs import canonical_task  # noqa: E402
+from vlmrl.envs.mujoco_rendering import close_before_teardown, make_renderer  # noqa: E402
 from vlmrl.envs.validation import check_positive_ints, check_render_mode  # noqa: E402
 from vlmrl.errors import ConfigError, UserError  # noqa: E402
 
@@ -274,6 +276,7 @@ class MetaWorldEnv(gym.Env[np.ndarray, np.ndarray]):
             # Read when the rendering context is created, so it must be set before any render.
             model.vis.quality.offsamples = 0
         self._renderer: mujoco.Renderer | None = None
+        self._renderer_finalizer: weakref.finalize | None = None
         self._steps = 0
 
     @property
@@ -316,10 +319,8 @@ class MetaWorldEnv(gym.Env[np.ndarray, np.ndarray]):
             gym.logger.warn("render() called without a render_mode; pass render_mode='rgb_array'.")
             return None
         if self._renderer is None:
-            self._renderer = mujoco.Renderer(self._env.model, height=self.render_height, width=self.render_width)
-            if self.render_quality == "fast":
-                self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
-                self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
+            self._renderer = make_renderer(self._env.model, self.render_height, self.render_width, self.render_quality)
+            self._renderer_finalizer = close_before_teardown(self, self._renderer)
         self._renderer.update_scene(self._env.data, camera=self._camera_id)
         if self._window is not None:
             self._narrow_frustum(*self._window)
@@ -342,9 +343,10 @@ class MetaWorldEnv(gym.Env[np.ndarray, np.ndarray]):
             camera.frustum_center = 0.5 * (left + right) * half
 
     def close(self) -> None:
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
+        if self._renderer_finalizer is not None:
+            self._renderer_finalizer()  # closes the renderer once; later calls do nothing
+        self._renderer = None
+        self._renderer_finalizer = None
         self._env.close()
         super().close()
 
@@ -352,11 +354,8 @@ class MetaWorldEnv(gym.Env[np.ndarray, np.ndarray]):
 def full_view_frame(env: MetaWorldEnv, size: int = RLVLMF_FRAME_SIZE) -> np.ndarray:
     """The task camera's whole square view, row-flipped as RL-VLM-F did, without any crop:
     RL-VLM-F's frame before ``[100:400, 100:400]``. For checks against the cropped render."""
-    renderer = mujoco.Renderer(env.unwrapped_metaworld.model, height=size, width=size)
+    renderer = make_renderer(env.unwrapped_metaworld.model, size, size, env.render_quality)
     try:
-        if env.render_quality == "fast":
-            renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
-            renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
         renderer.update_scene(env.unwrapped_metaworld.data, camera=env._camera_id)
         return np.ascontiguousarray(renderer.render()[::-1])
     finally:
