@@ -325,17 +325,13 @@ def _score_with_labeler(episodes: list[ScoredEpisode], labeler: Any) -> None:
 
 def correlations(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Pearson and Spearman correlation of finite pairs; NaN when a side is constant or < 3 points."""
-    from scipy import stats
+    from vlmrl.eval_reward import correlations as pearson_spearman
 
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    if len(x) < 3:
         return {"pearson": math.nan, "spearman": math.nan, "n": int(len(x))}
-    return {
-        "pearson": float(stats.pearsonr(x, y).statistic),
-        "spearman": float(stats.spearmanr(x, y).statistic),
-        "n": int(len(x)),
-    }
+    return {**pearson_spearman(x, y), "n": int(len(x))}
 
 
 # -- plots ----------------------------------------------------------------------------------------
@@ -373,14 +369,6 @@ def _img(png: bytes, alt: str, css_class: str = "", width: int | None = None) ->
     data = base64.b64encode(png).decode("ascii")
     size = f' width="{width}"' if width else ""
     return f'<img class="{css_class}" src="data:image/png;base64,{data}" alt="{html.escape(alt)}"{size}>'
-
-
-def _png(frame: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.asarray(frame, dtype=np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 # The learning-curve panels: title, y-axis label, and the TensorBoard tags to plot (the first
@@ -660,7 +648,9 @@ def preference_section(data: RunData) -> str:
     if config is None or config.labeler.family != "pair":
         return ""
     parts = []
-    store_path = Path(config.preference.label_store) if config.preference.label_store else data.path / "labels.sqlite"
+    from vlmrl.runs import label_store_path
+
+    store_path = label_store_path(config, data.path)
     store_rows = _label_store_rows(store_path)
     asked = summary.get("pairs_asked", data.last("labels/asked"))
     counts = [
@@ -738,6 +728,8 @@ def _store_pairs_grid(rows: list[Any]) -> str:
 
 def _checkpoint_pairs_grid(data: RunData) -> str:
     """Pairs from the newest checkpoint's pair arrays (net inputs: frames for a cnn net)."""
+    from vlmrl.label_store import encode_png
+
     for checkpoint in reversed(data.checkpoints):
         for npz in sorted(checkpoint.glob("*.npz")):
             with np.load(npz) as arrays:
@@ -756,7 +748,7 @@ def _checkpoint_pairs_grid(data: RunData) -> str:
                 answer = ("left preferred" if label == 1.0 else "right preferred" if label == 0.0
                           else "tie" if label == 0.5 else "no label")
                 truth = f"<br>true segment returns: {true[0][i]:.3g} vs {true[1][i]:.3g}" if true[0] is not None else ""
-                cells.append(_pair_cell(_png(first[i]), _png(second[i]), f"<strong>{answer}</strong>{truth}"))
+                cells.append(_pair_cell(encode_png(first[i]), encode_png(second[i]), f"<strong>{answer}</strong>{truth}"))
             return (f"<h3>Asked pairs ({len(cells)} of {len(labels)}, from {html.escape(checkpoint.name)})</h3>"
                     "<p class='note'>What the reward net saw of each side (the first frame of its segment) "
                     f"and the labeller's answer.</p><div class='pairs'>{''.join(cells)}</div>")

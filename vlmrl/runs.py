@@ -81,6 +81,11 @@ def read_checkpoint_state(directory: Path) -> dict[str, Any]:
     return json.loads((directory / "state.json").read_text())
 
 
+def label_store_path(config: ExperimentConfig, run_dir: Path) -> Path:
+    """The label store of a pairwise run: ``preference.label_store``, else ``labels.sqlite`` in the run directory."""
+    return Path(config.preference.label_store or Path(run_dir) / "labels.sqlite")
+
+
 def policy_path(run_dir: Path) -> Path:
     """The newest saved policy of a run: the final ``model.zip``, else the latest checkpoint's."""
     run_dir = Path(run_dir)

@@ -308,8 +308,9 @@ def _label_store_summary(config: ExperimentConfig, run_dir: Path) -> dict[str, A
     if config.labeler.family != "pair" or not config.labeler.needs_frames:
         return {}
     from vlmrl.label_store import LabelStore
+    from vlmrl.runs import label_store_path
 
-    path = Path(config.preference.label_store or run_dir / "labels.sqlite")
+    path = label_store_path(config, run_dir)
     if not path.is_file():
         return {}
     with LabelStore(path, read_only=True) as store:
@@ -377,9 +378,10 @@ def _preference_pipeline(config: ExperimentConfig, run_dir: Path, seed: int, sto
     one stops the run within seconds."""
     from vlmrl.agents.preference_reward import build_preference_env, preference_needs_frames
     from vlmrl.factory import make_labeler, make_vec_env
+    from vlmrl.runs import label_store_path
 
     schedule = config.preference
-    store = schedule.label_store or run_dir / "labels.sqlite"
+    store = label_store_path(config, run_dir)
     if _labels_in_a_process(config):
         from vlmrl.reward_labelers.preference import StoreLedger
 
