@@ -132,7 +132,7 @@ def reparse_store(store) -> Reparse:
     """Read every final row's raw answer again with ``prompts.parse_answer`` and commit the
     status and label changes in one transaction. Rows whose label came from token
     probabilities (``p_first`` set) are left alone, as are failed rows (no answer)."""
-    from vlmrl.label_store import LabelRow
+    from vlmrl.label_store import LabelRow, answer_kind
     from vlmrl.reward_labelers.preference import outcome_from_answer
 
     result = Reparse()
@@ -148,8 +148,7 @@ def reparse_store(store) -> Reparse:
         return outcome.status, outcome.label, outcome.error
 
     for row, status, label in store.rewrite_labels(decide):
-        new_kind = ("image 1" if label == 1.0 else "image 2") if status == "answered" else status
-        result.changes[(row.answer_kind, new_kind)] += 1
+        result.changes[(row.answer_kind, answer_kind(status, label))] += 1
     return result
 
 

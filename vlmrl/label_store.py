@@ -166,6 +166,13 @@ def thumbnail(frame: np.ndarray, max_side: int = 64) -> bytes:
     return encode_png(frame[::step, ::step])
 
 
+def answer_kind(status: str, label: float | None) -> str:
+    """``"image 1"`` / ``"image 2"`` for an answered pair (label 1.0 / 0.0), else the status."""
+    if status == ANSWERED:
+        return "image 1" if label == 1.0 else "image 2"
+    return status
+
+
 @dataclass(frozen=True)
 class LabelRow:
     """One stored query. ``label`` is None unless ``status == "answered"``; times are Unix seconds.
@@ -212,9 +219,7 @@ class LabelRow:
     @property
     def answer_kind(self) -> str:
         """``"image 1"`` / ``"image 2"`` (answered, label 1.0 / 0.0), or the status."""
-        if self.status == ANSWERED:
-            return "image 1" if self.label == 1.0 else "image 2"
-        return self.status
+        return answer_kind(self.status, self.label)
 
 
 class LabelStore:
