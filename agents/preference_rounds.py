@@ -179,6 +179,24 @@ class StepRing:
         return returns, valid & ~cut
 
 
+class _PairColumn:
+    """A read-only column of :class:`PairDataset`: its batches joined (once per change), or, before
+    the first pair, an empty array of ``empty_dtype`` (None when ``empty_dtype`` is None)."""
+
+    def __init__(self, empty_dtype: Any) -> None:
+        self.empty_dtype = empty_dtype
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, dataset: PairDataset | None, owner: type) -> Any:
+        if dataset is None:
+            return self
+        if not len(dataset):
+            return None if self.empty_dtype is None else np.zeros(0, dtype=self.empty_dtype)
+        return dataset._column(self.name)
+
+
 class PairDataset:
     """Every labelled pair so far: net inputs of both sides, label, and the sides' true returns.
 
@@ -188,6 +206,19 @@ class PairDataset:
     """
 
     _COLUMNS = ("first", "second", "labels", "true_first", "true_second", "p_first", "p_second")
+
+    first = _PairColumn(None)
+    """Net inputs of the first sides, ``[N, ...]``; None before the first pair."""
+    second = _PairColumn(None)
+    """Net inputs of the second sides, ``[N, ...]``; None before the first pair."""
+    labels = _PairColumn(np.float32)
+    """float32 ``[N]``: 1.0 first preferred, 0.0 second, 0.5 tie, NaN none."""
+    true_first = _PairColumn(np.float64)
+    """float64 ``[N]``: true return of each first side (``true_second``: of each second side)."""
+    true_second = _PairColumn(np.float64)
+    p_first = _PairColumn(np.float32)
+    """float32 ``[N]``: the answer's P(image 1) (``p_second``: P(image 2)), NaN where unknown."""
+    p_second = _PairColumn(np.float32)
 
     def __init__(self) -> None:
         self._batches: dict[str, list[np.ndarray]] = {name: [] for name in self._COLUMNS}
@@ -214,41 +245,6 @@ class PairDataset:
         if len(batches) > 1:
             batches[:] = [np.concatenate(batches)]
         return batches[0]
-
-    @property
-    def first(self) -> np.ndarray | None:
-        """Net inputs of the first sides, ``[N, ...]``; None before the first pair."""
-        return self._column("first") if self._size else None
-
-    @property
-    def second(self) -> np.ndarray | None:
-        """Net inputs of the second sides, ``[N, ...]``; None before the first pair."""
-        return self._column("second") if self._size else None
-
-    @property
-    def labels(self) -> np.ndarray:
-        """float32 ``[N]``: 1.0 first preferred, 0.0 second, 0.5 tie, NaN none."""
-        return self._column("labels") if self._size else np.zeros(0, dtype=np.float32)
-
-    @property
-    def true_first(self) -> np.ndarray:
-        """float64 ``[N]``: true return of each first side."""
-        return self._column("true_first") if self._size else np.zeros(0, dtype=np.float64)
-
-    @property
-    def true_second(self) -> np.ndarray:
-        """float64 ``[N]``: true return of each second side."""
-        return self._column("true_second") if self._size else np.zeros(0, dtype=np.float64)
-
-    @property
-    def p_first(self) -> np.ndarray:
-        """float32 ``[N]``: the answer's P(image 1), NaN where unknown."""
-        return self._column("p_first") if self._size else np.zeros(0, dtype=np.float32)
-
-    @property
-    def p_second(self) -> np.ndarray:
-        """float32 ``[N]``: the answer's P(image 2), NaN where unknown."""
-        return self._column("p_second") if self._size else np.zeros(0, dtype=np.float32)
 
     def fit_labels(self, mode: str, min_confidence: float) -> np.ndarray:
         """The labels to fit: as answered (``hard``, no threshold: unchanged, bit for bit), or
